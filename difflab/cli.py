@@ -1,0 +1,34 @@
+"""`difflab` command line: each subcommand module adds its parser and returns its handler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from difflab.errors import DifflabError
+
+# Modules with register(subparsers) that add one or more subcommands, each with set_defaults(handler=...).
+COMMAND_MODULES = ("difflab.commands.demo", "difflab.commands.train", "difflab.commands.sample",
+                   "difflab.commands.samplers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="difflab", description="A diffusion-model laboratory on PyTorch.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except DifflabError as err:
+        print(f"difflab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"difflab {args.command}: interrupted", file=sys.stderr)
+        return 130

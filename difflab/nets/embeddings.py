@@ -1,0 +1,38 @@
+"""Noise-level embeddings shared by the networks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def sinusoidal_embedding(timestep: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    # Vaswani et al. 2017 / Ho et al. 2020: [cos(t w_i), sin(t w_i)], w_i = max_period^(-i / (dim/2))
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timestep.device, dtype=torch.float32) / half)
+    args = timestep.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal features of the (continuous) timestep through a two-layer MLP, plus an optional class embedding.
+
+    The class table has num_classes + 1 rows; the last one is the learned null label for unconditional use.
+    """
+
+    def __init__(self, base_dim: int, embed_dim: int, num_classes: int | None = None):
+        super().__init__()
+        self.base_dim = base_dim
+        self.mlp = nn.Sequential(nn.Linear(base_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
+        self.num_classes = num_classes
+        self.class_embedding = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
+
+    def forward(self, timestep: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.mlp(sinusoidal_embedding(timestep, self.base_dim).to(self.mlp[0].weight.dtype))
+        if self.class_embedding is not None:
+            if labels is None:
+                labels = torch.full((timestep.shape[0],), self.num_classes, device=timestep.device)
+            emb = emb + self.class_embedding(labels)
+        return emb

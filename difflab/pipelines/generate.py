@@ -1,0 +1,65 @@
+"""Unconditional / class-conditional generation: prior noise -> sampler over a grid -> samples in data space."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from difflab.denoiser import Denoiser
+from difflab.errors import DifflabError
+from difflab.grids import GridKind, make_grid
+from difflab.samplers import get_sampler
+from difflab.samplers.common import StepInfo, randn_like
+
+
+class ConditionedDenoiser(torch.nn.Module):
+    """Fixes the condition of a denoiser for one batch, so samplers see D(x, sigma)."""
+
+    def __init__(self, denoiser: Denoiser, cond: torch.Tensor | None):
+        super().__init__()
+        self.denoiser, self.cond = denoiser, cond
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x, sigma, self.cond)
+
+
+@torch.no_grad()
+def generate(
+    denoiser: Denoiser, shape: tuple[int, ...], n: int, *, sampler: str = "ddim", steps: int = 50,
+    grid: GridKind = "trailing", seed: int = 0, batch: int = 64, labels: torch.Tensor | None = None,
+    options: dict[str, Any] | None = None, progress: bool = False,
+    callback: Callable[[int, StepInfo], None] | None = None,
+) -> torch.Tensor:
+    """n samples of one example `shape`; sample i depends only on seed + i (not on the batch size).
+
+    `callback(batch_index, step_info)` sees every step. Samples are returned in float32 on the CPU.
+    """
+    if n <= 0:
+        raise DifflabError(f"--n must be > 0, got {n}")
+    if batch <= 0:
+        raise DifflabError(f"--batch must be > 0, got {batch}")
+    info = get_sampler(sampler)
+    sigmas = make_grid(denoiser.schedule, steps, grid)
+    device = next(denoiser.parameters()).device
+    out = []
+    bar = tqdm(total=n * steps, desc=f"{sampler} x{steps}", unit="step", disable=not progress, leave=False)
+    for b, start in enumerate(range(0, n, batch)):
+        size = min(batch, n - start)
+        generators = [torch.Generator(device).manual_seed(seed + start + i) for i in range(size)]
+        x = randn_like(torch.empty((size, *shape), dtype=torch.float64, device=device), generators)
+        x = x * denoiser.prior_std(float(sigmas[0]))
+        cond = None if labels is None else labels[start: start + size].to(device)
+
+        def step_callback(step: StepInfo, b=b, size=size) -> None:
+            bar.update(size)
+            if callback is not None:
+                callback(b, step)
+
+        x = info.fn(ConditionedDenoiser(denoiser, cond), x, sigmas.to(device), generator=generators,
+                    callback=step_callback, **(options or {}))
+        out.append(x.float().cpu())
+    bar.close()
+    return torch.cat(out)

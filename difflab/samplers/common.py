@@ -1,0 +1,65 @@
+"""Pieces shared by samplers: step reports, interruption, noise draws and the ancestral split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from difflab.schedules import append_dims
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+
+
+class Interrupted(Exception):
+    """Raised by a callback to stop a sampler between steps."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a sampler reports after step i from sigma to sigma_next."""
+
+    i: int
+    sigma: float
+    sigma_next: float
+    x: torch.Tensor
+    x0_hat: torch.Tensor
+
+
+Callback = Callable[[StepInfo], None] | None
+
+
+def randn_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:
+    """Standard normal noise shaped like x; a list of generators draws each sample from its own (seed per image)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in generator])
+
+
+def sigma_batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A grid entry as a per-sample level [B] in x's dtype."""
+    return sigma.to(x.dtype).expand(x.shape[0])
+
+
+def to_d(x: torch.Tensor, sigma: torch.Tensor, x0_hat: torch.Tensor) -> torch.Tensor:
+    # dx/dsigma = (x - D(x, sigma)) / sigma  (Karras et al. 2022, Eq. 3 with sigma(t) = t)
+    return (x - x0_hat) / append_dims(sigma, x.ndim)
+
+
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the step sigma -> sigma_next into a deterministic part to sigma_down and fresh noise of std sigma_up.
+
+    sigma_up = eta * sigma_next * sqrt(1 - sigma_next^2/sigma^2) is DDIM's std (Song et al. 2021, Eq. 16) divided
+    by alpha_next; sigma_down = sqrt(sigma_next^2 - sigma_up^2).
+    """
+    sigma_up = torch.minimum(sigma_next, eta * sigma_next * torch.sqrt(1 - (sigma_next / sigma) ** 2))
+    sigma_down = torch.sqrt(sigma_next**2 - sigma_up**2)
+    return sigma_down, sigma_up
+
+
+def report(callback: Callback, i: int, sigmas: torch.Tensor, x: torch.Tensor, x0_hat: torch.Tensor) -> None:
+    if callback is not None:
+        callback(StepInfo(i, float(sigmas[i]), float(sigmas[i + 1]), x, x0_hat))

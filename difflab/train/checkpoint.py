@@ -1,0 +1,105 @@
+"""Self-describing checkpoints: one safetensors file holding weights, EMA, optimizer and RNG state, with
+the full experiment config in its metadata (and a config.json beside it). Written atomically."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from difflab.denoiser import Denoiser
+from difflab.errors import DifflabError
+from difflab.images import atomic_write
+from difflab.nets import build_network
+from difflab.schedules import DiscreteSchedule
+from difflab.train.config import ExperimentConfig
+
+FORMAT = "difflab-checkpoint-1"
+
+
+@dataclass
+class Checkpoint:
+    config: ExperimentConfig
+    step: int
+    tensors: dict[str, torch.Tensor]
+    optimizer_groups: list[dict] | None
+
+    def section(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The tensors stored under `prefix.` with the prefix removed."""
+        n = len(prefix) + 1
+        return {k[n:]: v for k, v in self.tensors.items() if k.startswith(prefix + ".")}
+
+
+def save_checkpoint(
+    path: str | Path, config: ExperimentConfig, step: int, *, model: nn.Module, ema: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None, rng: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write the checkpoint atomically (temporary file, fsync, rename), then config.json beside it."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
+    metadata = {"format": FORMAT, "step": str(step), "config": json.dumps(config.to_dict())}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        for index, param_state in state["state"].items():
+            for key, value in param_state.items():
+                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().contiguous()
+        metadata["optimizer_groups"] = json.dumps(state["param_groups"])
+    for name, state in (rng or {}).items():
+        tensors[f"rng.{name}"] = state
+    payload = save_bytes(tensors, metadata=metadata)
+    atomic_write(path, lambda f: f.write(payload))
+    config_text = json.dumps(config.to_dict(), indent=2).encode()
+    atomic_write(Path(path).with_name("config.json"), lambda f: f.write(config_text))
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint; any damage or foreign file gives a DifflabError naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise DifflabError(f"checkpoint {path} not found")
+    raw = path.read_bytes()
+    try:
+        tensors = load_bytes(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        metadata = json.loads(raw[8: 8 + header_len]).get("__metadata__") or {}
+    except (SafetensorError, ValueError, OverflowError) as err:
+        raise DifflabError(f"checkpoint {path} is damaged or not a safetensors file ({err})") from None
+    if metadata.get("format") != FORMAT:
+        raise DifflabError(f"checkpoint {path} is not a difflab checkpoint (format {metadata.get('format')!r})")
+    groups = metadata.get("optimizer_groups")
+    return Checkpoint(
+        config=ExperimentConfig.from_dict(json.loads(metadata["config"])),
+        step=int(metadata["step"]),
+        tensors=tensors,
+        optimizer_groups=None if groups is None else json.loads(groups),
+    )
+
+
+def optimizer_state(checkpoint: Checkpoint) -> dict:
+    """Rebuild an optimizer state_dict from the flattened `optim.{param}.{key}` tensors."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in checkpoint.section("optim").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": checkpoint.optimizer_groups}
+
+
+def load_denoiser(path: str | Path, prefer_ema: bool = True) -> tuple[Denoiser, Checkpoint]:
+    """The denoiser of a checkpoint (EMA weights when present), in eval mode."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint.config
+    net = build_network(config.network)
+    weights = checkpoint.section("ema") if prefer_ema else {}
+    weights = weights or checkpoint.section("model")
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as err:
+        raise DifflabError(f"checkpoint {path}: weights do not fit its network config ({str(err).splitlines()[0]})") from None
+    return Denoiser(net, DiscreteSchedule(config.schedule), config.prediction).eval(), checkpoint

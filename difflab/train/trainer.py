@@ -1,0 +1,183 @@
+"""The training loop: AdamW with warm-up and clipping, EMA, step or wall-clock budget, exact resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from difflab.data import Dataset, load_dataset
+from difflab.denoiser import Denoiser
+from difflab.errors import DifflabError
+from difflab.images import save_samples
+from difflab.nets import build_network
+from difflab.nets.mlp import MLPConfig
+from difflab.objectives import simple_loss
+from difflab.pipelines.generate import generate
+from difflab.schedules import DiscreteSchedule
+from difflab.train.checkpoint import load_checkpoint, optimizer_state, save_checkpoint
+from difflab.train.config import ExperimentConfig
+from difflab.train.ema import EMA, ema_decay
+from difflab.train.log import append_log, plot_loss, truncate_log
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    step: int
+    checkpoint: Path
+    samples: Path
+    loss_plot: Path
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
+    """Indices of the batch at `step`: epoch e walks a permutation seeded by (seed, e), dropping the remainder."""
+    per_epoch = n // batch
+    if per_epoch == 0:
+        raise DifflabError(f"--batch {batch} is larger than the data set ({n} examples)")
+    epoch, offset = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return perm[offset * batch: (offset + 1) * batch]
+
+
+def learning_rate(step: int, lr: float, warmup: int) -> float:
+    # linear warm-up: lr_t = lr * min(1, (t + 1) / warmup)
+    return lr * min(1.0, (step + 1) / max(warmup, 1))
+
+
+def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
+    """Fill in the data shape and, for class conditioning, the class table and the network's label embedding."""
+    network = config.network
+    if isinstance(network, MLPConfig) != (data.kind == "points"):
+        raise DifflabError(f"network.kind 'mlp' is for 2-D points and 'unet' for images; data {data.name!r} "
+                           f"holds {data.kind}: use a matching --config")
+    if isinstance(network, MLPConfig) and network.dim != data.shape[0]:
+        network = replace(network, dim=data.shape[0])
+    if not isinstance(network, MLPConfig) and network.in_channels != data.shape[0]:
+        network = replace(network, in_channels=data.shape[0], out_channels=None)
+    class_names = None
+    if config.train.cond == "class":
+        if data.labels is None:
+            raise DifflabError(f"--cond class needs labels, and data {data.name!r} has none")
+        class_names = data.class_names
+        network = replace(network, num_classes=data.num_classes)
+    return replace(config, network=network, data_shape=data.shape, class_names=class_names)
+
+
+class Trainer:
+    def __init__(self, config: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True):
+        self.out = Path(out)
+        self.progress = progress
+        checkpoint = None
+        if resume:
+            path = self.out / CHECKPOINT
+            if not path.is_file():
+                raise DifflabError(f"--resume: no checkpoint at {path}")
+            checkpoint = load_checkpoint(path)
+            budget = {"steps": config.train.steps, "minutes": config.train.minutes}
+            config = replace(checkpoint.config, train=replace(checkpoint.config.train, **budget))
+        self.data = load_dataset(config.train.data, "train", config.train.data_root, seed=config.train.seed)
+        self.config = config if checkpoint else prepare_config(config, self.data)
+        torch.manual_seed(self.config.train.seed)
+        net = build_network(self.config.network)
+        if self.data.kind == "image":
+            net = net.to(memory_format=torch.channels_last)  # about 10% faster convolutions on CPU
+        self.denoiser = Denoiser(net, DiscreteSchedule(self.config.schedule), self.config.prediction)
+        self.ema = EMA(net)
+        self.optimizer = torch.optim.AdamW(net.parameters(), lr=self.config.train.lr,
+                                           weight_decay=self.config.train.weight_decay)
+        self.generator = torch.Generator().manual_seed(self.config.train.seed)
+        self.step = 0
+        if checkpoint is not None:
+            net.load_state_dict(checkpoint.section("model"))
+            self.ema.model.load_state_dict(checkpoint.section("ema"))
+            self.optimizer.load_state_dict(optimizer_state(checkpoint))
+            self.generator.set_state(checkpoint.tensors["rng.noise"])
+            torch.set_rng_state(checkpoint.tensors["rng.torch"])
+            self.step = checkpoint.step
+            truncate_log(self.out / "log.jsonl", self.step)
+
+    def save(self) -> Path:
+        path = self.out / CHECKPOINT
+        save_checkpoint(path, self.config, self.step, model=self.denoiser.net, ema=self.ema.model,
+                        optimizer=self.optimizer,
+                        rng={"noise": self.generator.get_state(), "torch": torch.get_rng_state()})
+        return path
+
+    def sample_grid(self) -> Path:
+        """Samples from the EMA weights at a fixed seed (no effect on the training RNG streams)."""
+        ema = Denoiser(self.ema.model, self.denoiser.schedule, self.denoiser.prediction)
+        kind = self.data.kind
+        n = 2000 if kind == "points" else 64
+        x = generate(ema, self.config.data_shape, n, sampler="ddim", steps=self.config.train.sample_steps,
+                     seed=1234, batch=n if kind == "points" else 64)
+        path = self.out / "samples" / f"step_{self.step:07d}.png"
+        save_samples(x, path, title=f"{self.data.name}, step {self.step}")
+        return path
+
+    def train_step(self) -> tuple[float, float]:
+        cfg = self.config.train
+        x0, labels = self.data.batch(batch_indices(len(self.data), cfg.batch, self.step, cfg.seed))
+        if x0.ndim == 4:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        if cfg.cond == "class":
+            # label dropout: with probability p_uncond use the null label (index num_classes)
+            drop = torch.rand(labels.shape, generator=self.generator) < cfg.p_uncond
+            labels = torch.where(drop, self.config.network.num_classes, labels)
+        else:
+            labels = None
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.step, cfg.lr, cfg.warmup)
+        loss = simple_loss(self.denoiser, x0, labels, generator=self.generator,
+                           min_snr_gamma=cfg.min_snr_gamma).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.net.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.ema.update(self.denoiser.net, ema_decay(self.step, cfg.ema_decay))
+        self.step += 1
+        return loss.item(), grad_norm.item()
+
+    def run(self) -> TrainResult:
+        cfg = self.config.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        log_path = self.out / "log.jsonl"
+        deadline = None if cfg.minutes is None else time.monotonic() + 60 * cfg.minutes
+        total = cfg.steps
+        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
+        samples = None
+        window_start, window_steps, losses = time.monotonic(), 0, []
+        try:
+            while (total is None or self.step < total) and (deadline is None or time.monotonic() < deadline):
+                loss, grad_norm = self.train_step()
+                losses.append(loss)
+                window_steps += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0:
+                    elapsed = time.monotonic() - window_start
+                    row = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": grad_norm,
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "images_per_s": window_steps * cfg.batch / max(elapsed, 1e-9)}
+                    append_log(log_path, row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+                    window_start, window_steps, losses = time.monotonic(), 0, []
+                if self.step % cfg.checkpoint_every == 0:
+                    self.save()
+                if self.step % cfg.sample_every == 0:
+                    samples = self.sample_grid()
+        except KeyboardInterrupt:
+            bar.close()
+            self.save()
+            plot_loss(log_path, self.out / "loss.png")
+            raise
+        bar.close()
+        checkpoint = self.save()
+        plot_loss(log_path, self.out / "loss.png")
+        if samples is None or samples.name != f"step_{self.step:07d}.png":
+            samples = self.sample_grid()
+        return TrainResult(self.out, self.step, checkpoint, samples, self.out / "loss.png")
