@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,12 @@ _FILES = {
 def read_idx(path: str | Path, expected_ndim: int) -> np.ndarray:
     """Read an IDX file of unsigned bytes (optionally gzip-compressed), checking magic number and size."""
     path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DifflabError(f"{path}: damaged gzip file ({err})") from None
     magic = raw[:4]  # two zero bytes, type code 0x08 (unsigned byte), number of dimensions
     if len(raw) < 4 or magic[:3] != b"\x00\x00\x08" or magic[3] != expected_ndim:
         raise DifflabError(

@@ -39,7 +39,7 @@ class MLPDenoiserNet(nn.Module):
         self.embed = TimestepEmbedding(config.hidden, config.hidden, config.num_classes)
         self.inp = nn.Linear(config.dim, config.hidden)
         self.blocks = nn.ModuleList(MLPBlock(config.hidden) for _ in range(config.depth))
-        self.out = nn.Sequential(nn.LayerNorm(config.hidden), nn.SiLU(), nn.Linear(config.hidden, config.dim))
+        self.out = nn.Linear(config.hidden, config.dim)  # no final norm: the residual stream keeps the input's scale
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         emb = nn.functional.silu(self.embed(timestep, labels))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -67,6 +70,23 @@ def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
         class_names = data.class_names
         network = replace(network, num_classes=data.num_classes)
     return replace(config, network=network, data_shape=data.shape, class_names=class_names)
+
+
+@contextmanager
+def interrupt_on_sigterm():
+    """Turn SIGTERM into KeyboardInterrupt while training, so a stopped job saves its checkpoint first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Trainer:
@@ -144,40 +164,46 @@ class Trainer:
         return loss.item(), grad_norm.item()
 
     def run(self) -> TrainResult:
-        cfg = self.config.train
+        """Train until the step or time budget is spent; an interrupt (Ctrl-C, SIGTERM) saves a checkpoint first."""
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / "log.jsonl"
-        deadline = None if cfg.minutes is None else time.monotonic() + 60 * cfg.minutes
-        total = cfg.steps
-        bar = tqdm(total=total, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True)
-        samples = None
-        window_start, window_steps, losses = time.monotonic(), 0, []
-        try:
-            while (total is None or self.step < total) and (deadline is None or time.monotonic() < deadline):
-                loss, grad_norm = self.train_step()
-                losses.append(loss)
-                window_steps += 1
-                bar.update(1)
-                if self.step % cfg.log_every == 0:
-                    elapsed = time.monotonic() - window_start
-                    row = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": grad_norm,
-                           "lr": self.optimizer.param_groups[0]["lr"],
-                           "images_per_s": window_steps * cfg.batch / max(elapsed, 1e-9)}
-                    append_log(log_path, row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
-                    window_start, window_steps, losses = time.monotonic(), 0, []
-                if self.step % cfg.checkpoint_every == 0:
-                    self.save()
-                if self.step % cfg.sample_every == 0:
-                    samples = self.sample_grid()
-        except KeyboardInterrupt:
-            bar.close()
-            self.save()
-            plot_loss(log_path, self.out / "loss.png")
-            raise
+        bar = tqdm(total=self.config.train.steps, initial=self.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True)
+        with interrupt_on_sigterm():
+            try:
+                samples = self._loop(log_path, bar)
+            except KeyboardInterrupt:
+                bar.close()
+                self.save()
+                plot_loss(log_path, self.out / "loss.png")
+                raise
         bar.close()
         checkpoint = self.save()
         plot_loss(log_path, self.out / "loss.png")
         if samples is None or samples.name != f"step_{self.step:07d}.png":
             samples = self.sample_grid()
         return TrainResult(self.out, self.step, checkpoint, samples, self.out / "loss.png")
+
+    def _loop(self, log_path: Path, bar: tqdm) -> Path | None:
+        cfg = self.config.train
+        deadline = None if cfg.minutes is None else time.monotonic() + 60 * cfg.minutes
+        samples = None
+        window_start, window_steps, losses = time.monotonic(), 0, []
+        while (cfg.steps is None or self.step < cfg.steps) and (deadline is None or time.monotonic() < deadline):
+            loss, grad_norm = self.train_step()
+            losses.append(loss)
+            window_steps += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0:
+                elapsed = time.monotonic() - window_start
+                row = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": grad_norm,
+                       "lr": self.optimizer.param_groups[0]["lr"],
+                       "images_per_s": window_steps * cfg.batch / max(elapsed, 1e-9)}
+                append_log(log_path, row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+                window_start, window_steps, losses = time.monotonic(), 0, []
+            if self.step % cfg.checkpoint_every == 0:
+                self.save()
+            if self.step % cfg.sample_every == 0:
+                samples = self.sample_grid()
+        return samples

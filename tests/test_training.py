@@ -1,0 +1,156 @@
+"""Trainer, checkpoints and resume: short runs on toy data and a tiny U-Net on Fashion-MNIST-shaped images."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from difflab.data import load_dataset
+from difflab.errors import DifflabError
+from difflab.grids import make_grid
+from difflab.pipelines.generate import generate
+from difflab.samplers.ancestral import sample_ddpm
+from difflab.train.checkpoint import load_checkpoint, load_denoiser
+from difflab.train.config import ExperimentConfig
+from difflab.train.trainer import Trainer, batch_indices
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256) -> float:
+    # SW_1(a, b) = E_theta W_1(<a, theta>, <b, theta>), W_1 of equal-size 1-D samples = mean |sorted difference|
+    theta = torch.randn(2, projections, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    theta = theta / theta.norm(dim=0)
+    pa, pb = (a.double() @ theta).sort(0).values, (b.double() @ theta).sort(0).values
+    return float((pa - pb).abs().mean())
+
+
+def toy_config(**train) -> ExperimentConfig:
+    return ExperimentConfig.from_dict({
+        "network": {"kind": "mlp", "hidden": 64, "depth": 2},
+        "schedule": {"kind": "linear", "timesteps": 1000},
+        "train": {"data": "toy:8gaussians", "batch": 256, "lr": 2e-3, "warmup": 50, "ema_decay": 0.99,
+                  "log_every": 10, "sample_every": 10_000, "checkpoint_every": 10_000, **train},
+    })
+
+
+def image_config(tmp_path, **train) -> ExperimentConfig:
+    folder = tmp_path / "images"
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(32):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return ExperimentConfig.from_dict({
+        "network": {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                    "attention_levels": [1], "head_dim": 8, "groups": 4, "dropout": 0.1},
+        "train": {"data": str(folder), "batch": 8, "warmup": 5, "log_every": 5, "sample_every": 10_000,
+                  "checkpoint_every": 10_000, "sample_steps": 2, **train},
+    })
+
+
+def test_toy_training_lowers_loss_and_ddpm_reproduces_the_data(tmp_path):
+    result = Trainer(toy_config(steps=1200), tmp_path, progress=False).run()
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert np.mean([r["loss"] for r in log[-10:]]) < 0.6 * np.mean([r["loss"] for r in log[:3]])
+    denoiser, checkpoint = load_denoiser(result.checkpoint)
+    samples = generate(denoiser, checkpoint.config.data_shape, 1500, sampler="ddpm", steps=1000, batch=1500)
+    data = load_dataset("toy:8gaussians", split="test").data[:1500]
+    prior = torch.randn(1500, 2, generator=torch.Generator().manual_seed(5))
+    model_distance = sliced_wasserstein(samples, data)
+    prior_distance = sliced_wasserstein(prior, data)
+    assert model_distance < 0.3 * prior_distance, (model_distance, prior_distance)
+    assert (tmp_path / "loss.png").stat().st_size > 0 and result.samples.is_file()
+
+
+def test_batch_indices_cover_each_epoch_once():
+    seen = torch.cat([batch_indices(100, 10, step, seed=3) for step in range(10)])
+    assert sorted(seen.tolist()) == list(range(100))
+    assert not torch.equal(batch_indices(100, 10, 0, 3), batch_indices(100, 10, 10, 3))  # a new epoch reshuffles
+
+
+def _weights(path):
+    return load_checkpoint(path).tensors
+
+
+@pytest.mark.parametrize("kind", ["toy", "image"])
+def test_resume_is_bitwise_exact(tmp_path, kind):
+    make = (lambda **t: toy_config(**t)) if kind == "toy" else (lambda **t: image_config(tmp_path, **t))
+    Trainer(make(steps=20), tmp_path / "straight", progress=False).run()
+    Trainer(make(steps=10), tmp_path / "resumed", progress=False).run()
+    Trainer(make(steps=20), tmp_path / "resumed", resume=True, progress=False).run()
+    straight = _weights(tmp_path / "straight" / "checkpoint.safetensors")
+    resumed = _weights(tmp_path / "resumed" / "checkpoint.safetensors")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    logs = [(tmp_path / d / "log.jsonl").read_text() for d in ("straight", "resumed")]
+    assert [json.loads(r)["step"] for r in logs[0].splitlines()] == [json.loads(r)["step"] for r in logs[1].splitlines()]
+
+
+def test_checkpoint_round_trip(tmp_path):
+    trainer = Trainer(image_config(tmp_path, steps=3), tmp_path / "run", progress=False)
+    trainer.run()
+    denoiser, checkpoint = load_denoiser(tmp_path / "run" / "checkpoint.safetensors", prefer_ema=False)
+    assert checkpoint.step == 3 and checkpoint.config == trainer.config
+    assert ExperimentConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text())) == trainer.config
+    x = torch.randn(2, 1, 28, 28)
+    sigma = torch.tensor([0.5, 20.0])
+    trainer.denoiser.eval()
+    assert torch.equal(denoiser(x, sigma), trainer.denoiser(x, sigma))
+
+
+def test_corrupt_and_foreign_checkpoints_are_rejected(tmp_path):
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(DifflabError, match="damaged"):
+        load_checkpoint(path)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(DifflabError, match="not a difflab checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(DifflabError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
+    """A real process is SIGKILLed after writing the new checkpoint's temporary file but before the rename."""
+    Trainer(toy_config(steps=5), tmp_path, progress=False).run()
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    script = textwrap.dedent(f"""
+        import json, os, signal
+        import difflab.images as images
+        from difflab.train.config import ExperimentConfig
+        from difflab.train.trainer import Trainer
+        real_replace = os.replace
+        def die_before_rename(src, dst):
+            if str(dst).endswith("checkpoint.safetensors"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            real_replace(src, dst)
+        images.os.replace = die_before_rename
+        config = ExperimentConfig.from_dict(json.loads({json.dumps(toy_config(steps=9).to_dict())!r}))
+        Trainer(config, {str(tmp_path)!r}, resume=True, progress=False).run()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors").step == 5
+    assert any(p.name.endswith(".tmp") for p in tmp_path.iterdir())  # the torn write stayed a temporary file
+    Trainer(toy_config(steps=7), tmp_path, resume=True, progress=False).run()  # and training goes on
+    assert load_checkpoint(tmp_path / "checkpoint.safetensors").step == 7
+
+
+def test_ddpm_full_chain_matches_prior_scale_and_is_deterministic_per_seed(tmp_path):
+    result = Trainer(toy_config(steps=5), tmp_path, progress=False).run()
+    denoiser, checkpoint = load_denoiser(result.checkpoint)
+    a = generate(denoiser, (2,), 6, sampler="ddpm", steps=20, seed=7, batch=6)
+    b = generate(denoiser, (2,), 6, sampler="ddpm", steps=20, seed=7, batch=4)
+    c = generate(denoiser, (2,), 6, sampler="ddpm", steps=20, seed=8, batch=6)
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, c)
+    sigmas = make_grid(denoiser.schedule, 20, "trailing")
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    assert sample_ddpm(lambda x, s: x * 0, x, sigmas).shape == (3, 2)
