@@ -154,3 +154,15 @@ def test_ddpm_full_chain_matches_prior_scale_and_is_deterministic_per_seed(tmp_p
     sigmas = make_grid(denoiser.schedule, 20, "trailing")
     x = torch.zeros(3, 2, dtype=torch.float64)
     assert sample_ddpm(lambda x, s: x * 0, x, sigmas).shape == (3, 2)
+
+
+def test_export_keeps_ema_weights_and_config_only(tmp_path):
+    from difflab.train.checkpoint import export_weights
+
+    result = Trainer(toy_config(steps=4), tmp_path / "run", progress=False).run()
+    export_weights(result.checkpoint, tmp_path / "model.safetensors")
+    exported = load_checkpoint(tmp_path / "model.safetensors")
+    full = load_checkpoint(result.checkpoint)
+    assert set(exported.tensors) == {f"model.{k}" for k in full.section("ema")}
+    assert all(torch.equal(exported.tensors[f"model.{k}"], v) for k, v in full.section("ema").items())
+    assert exported.config == full.config and exported.step == 4

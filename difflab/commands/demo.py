@@ -1,10 +1,11 @@
 """`difflab demo`: the main job. Samples a grid from the bundled Fashion-MNIST model; with --minutes M it
-first trains a fresh model for M minutes with the bundled recipe."""
+first trains a fresh model for M minutes with the bundled recipe and shows that model's samples."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from difflab.commands import BUNDLED_MODEL, positive_float, set_threads
@@ -31,21 +32,20 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.minutes is not None:
         config = load_config(RECIPE)
-        config = config.__class__.from_dict({**config.to_dict(),
-                                             "train": {**config.to_dict()["train"], "steps": None,
-                                                       "minutes": args.minutes}})
+        config = replace(config, train=replace(config.train, steps=None, minutes=args.minutes))
         print(f"training a fresh Fashion-MNIST model for {args.minutes:g} minutes into {out}")
         result = Trainer(config, out).run()
-        checkpoint, loss_plot = result.checkpoint, result.loss_plot
+        checkpoint, loss_plot, grid, step = result.checkpoint, result.loss_plot, result.samples, result.step
+        print(f"trained {step} steps; samples drawn from its EMA weights (DDIM, {config.train.sample_steps} steps)")
     else:
-        checkpoint, loss_plot = BUNDLED_MODEL, BUNDLED_MODEL.with_name("loss.png")
-    denoiser, ckpt = load_denoiser(checkpoint)
-    start = time.perf_counter()
-    x = generate(denoiser, ckpt.config.data_shape, 64, sampler="ddim", steps=50, seed=0, progress=True)
-    grid = out / "samples.png"
-    save_samples(x, grid)
-    print(f"sampled 64 images (DDIM, 50 steps) in {time.perf_counter() - start:.1f} s")
+        denoiser, ckpt = load_denoiser(BUNDLED_MODEL)
+        start = time.perf_counter()
+        x = generate(denoiser, ckpt.config.data_shape, 64, sampler="ddim", steps=50, seed=0, progress=True)
+        grid = out / "samples.png"
+        save_samples(x, grid)
+        checkpoint, loss_plot, step = BUNDLED_MODEL, BUNDLED_MODEL.with_name("loss.png"), ckpt.step
+        print(f"sampled 64 images from the bundled model (DDIM, 50 steps) in {time.perf_counter() - start:.1f} s")
     print(f"samples:    {grid}")
     print(f"loss plot:  {loss_plot}")
-    print(f"checkpoint: {checkpoint} (step {ckpt.step})")
+    print(f"checkpoint: {checkpoint} (step {step})")
     return 0

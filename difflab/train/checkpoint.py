@@ -82,6 +82,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
+def export_weights(src: str | Path, dst: str | Path, use_ema: bool = True) -> None:
+    """Write an inference-only copy of a checkpoint: one set of weights (EMA by default) and the config."""
+    denoiser, checkpoint = load_denoiser(src, prefer_ema=use_ema)
+    save_checkpoint(dst, checkpoint.config, checkpoint.step, model=denoiser.net)
+
+
 def optimizer_state(checkpoint: Checkpoint) -> dict:
     """Rebuild an optimizer state_dict from the flattened `optim.{param}.{key}` tensors."""
     state: dict[int, dict[str, torch.Tensor]] = {}

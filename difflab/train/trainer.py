@@ -188,22 +188,26 @@ class Trainer:
         cfg = self.config.train
         deadline = None if cfg.minutes is None else time.monotonic() + 60 * cfg.minutes
         samples = None
-        window_start, window_steps, losses = time.monotonic(), 0, []
+        window_start, losses = time.monotonic(), []
         while (cfg.steps is None or self.step < cfg.steps) and (deadline is None or time.monotonic() < deadline):
             loss, grad_norm = self.train_step()
             losses.append(loss)
-            window_steps += 1
             bar.update(1)
             if self.step % cfg.log_every == 0:
-                elapsed = time.monotonic() - window_start
-                row = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": grad_norm,
-                       "lr": self.optimizer.param_groups[0]["lr"],
-                       "images_per_s": window_steps * cfg.batch / max(elapsed, 1e-9)}
-                append_log(log_path, row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
-                window_start, window_steps, losses = time.monotonic(), 0, []
+                self._log(log_path, bar, losses, grad_norm, window_start)
+                window_start, losses = time.monotonic(), []
             if self.step % cfg.checkpoint_every == 0:
                 self.save()
             if self.step % cfg.sample_every == 0:
                 samples = self.sample_grid()
+        if losses:  # the last, partial window
+            self._log(log_path, bar, losses, grad_norm, window_start)
         return samples
+
+    def _log(self, log_path: Path, bar: tqdm, losses: list[float], grad_norm: float, window_start: float) -> None:
+        elapsed = time.monotonic() - window_start
+        row = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": grad_norm,
+               "lr": self.optimizer.param_groups[0]["lr"],
+               "images_per_s": len(losses) * self.config.train.batch / max(elapsed, 1e-9)}
+        append_log(log_path, row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
