@@ -1,0 +1,149 @@
+// difflab web page: fills the form from the server, posts /sdapi/v1/txt2img, polls /sdapi/v1/progress meanwhile.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let model = null;
+let polling = null;
+
+async function api(path, options = {}) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function showError(message) {
+  $("error").textContent = message || "";
+  $("error").hidden = !message;
+}
+
+async function init() {
+  try {
+    const [info, samplers] = await Promise.all([api("/difflab/v1/model"), api("/sdapi/v1/samplers")]);
+    model = info;
+    $("model").textContent = `${info.name} · ${info.width}×${info.height}` +
+      (info.conditioning === "class" ? ` · ${info.class_names.length} classes` : " · unconditional");
+    for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
+    $("steps").max = info.max_steps;
+    $("batch").max = info.max_images;
+    $("seed").max = info.max_seed;
+    if (info.conditioning === "class") {
+      $("prompt-row").hidden = true;
+      $("class-row").hidden = false;
+      $("class").add(new Option("any class (unconditional)", ""));
+      for (const name of info.class_names) $("class").add(new Option(name, name));
+    } else {
+      $("conditioning-note").hidden = false;
+      $("conditioning-note").textContent =
+        `${info.name} is unconditional: a prompt is accepted but does not steer the image.`;
+    }
+    $("negative").disabled = $("cfg").disabled = true;
+    $("negative").placeholder = "needs classifier-free guidance (not in difflab yet)";
+  } catch (err) {
+    showError(`cannot reach the server: ${err.message}`);
+  }
+}
+
+function setProgress(fraction, text, state) {
+  $("progress").value = fraction;
+  $("progress").dataset.state = state;
+  $("progress-text").textContent = text;
+}
+
+async function poll() {
+  try {
+    const p = await api("/sdapi/v1/progress");
+    const s = p.state;
+    if (polling === null || s.job_count === 0) return;  // the request finished while this poll was in flight
+    const batch = s.job_count > 1 ? ` · batch ${s.job_no + 1}/${s.job_count}` : "";
+    const queued = s.queued ? ` · ${s.queued} queued` : "";
+    setProgress(p.progress, `step ${s.sampling_step}/${s.sampling_steps}${batch}${queued}`, "running");
+    if (p.current_image) {
+      $("preview").src = `data:image/png;base64,${p.current_image}`;
+      $("preview").hidden = false;
+    }
+  } catch (err) {
+    // a missed poll only delays the bar; the request itself reports errors
+  }
+}
+
+function request() {
+  const conditional = model && model.conditioning === "class";
+  return {
+    prompt: conditional ? $("class").value : $("prompt").value,
+    negative_prompt: $("negative").value,
+    sampler_name: $("sampler").value,
+    steps: Number($("steps").value),
+    cfg_scale: Number($("cfg").value),
+    seed: Number($("seed").value),
+    batch_size: Number($("batch").value),
+    n_iter: 1,
+  };
+}
+
+function addCards(result) {
+  const info = JSON.parse(result.info);
+  const cards = document.createDocumentFragment();
+  $("gallery").querySelector(".empty")?.remove();
+  result.images.forEach((image, i) => {
+    const seed = info.all_seeds[i];
+    const src = `data:image/png;base64,${image}`;
+    const card = document.createElement("figure");
+    card.className = "card";
+    card.innerHTML = `<img alt="generated image, seed ${seed}"><figcaption class="meta"></figcaption>` +
+      `<a class="download">Download PNG</a>`;
+    card.querySelector("img").src = src;
+    const meta = card.querySelector(".meta");
+    const fields = [["Seed", seed], ["Sampler", info.sampler_name], ["Steps", info.steps],
+                    ["Size", `${info.width}×${info.height}`]];
+    if (info.prompt) fields.unshift(["Class", info.prompt]);
+    meta.innerHTML = fields.map(([k]) => `<b>${k}:</b> <span data-key="${k}"></span>`).join("<br>");
+    for (const [k, v] of fields) meta.querySelector(`[data-key="${k}"]`).textContent = v;
+    for (const warning of info.warnings) {
+      const line = document.createElement("div");
+      line.className = "warn";
+      line.textContent = warning;
+      meta.append(line);
+    }
+    card.title = info.infotexts[i];
+    const link = card.querySelector("a");
+    link.href = src;
+    link.download = `difflab-${info.sd_model_name}-${seed}.png`;
+    cards.append(card);
+  });
+  $("gallery").prepend(cards);  // newest request first, its images in seed order
+  return info;
+}
+
+async function generate(event) {
+  event.preventDefault();
+  showError("");
+  $("generate").disabled = true;
+  $("interrupt").disabled = false;
+  setProgress(0, "starting…", "running");
+  const started = performance.now();
+  polling = setInterval(poll, 250);
+  try {
+    const result = await api("/sdapi/v1/txt2img", {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(request()),
+    });
+    const info = addCards(result);
+    const seconds = ((performance.now() - started) / 1000).toFixed(1);
+    setProgress(1, `${info.interrupted ? "interrupted" : "done"}: ${result.images.length} image(s) in ${seconds} s`,
+                "done");
+  } catch (err) {
+    setProgress(0, "failed", "error");
+    showError(err.message);
+  } finally {
+    clearInterval(polling);
+    polling = null;
+    $("generate").disabled = false;
+    $("interrupt").disabled = true;
+    $("preview").hidden = true;
+  }
+}
+
+$("form").addEventListener("submit", generate);
+$("dice").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
+$("interrupt").addEventListener("click", () => api("/sdapi/v1/interrupt", {method: "POST"}).catch(() => {}));
+init();
