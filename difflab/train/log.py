@@ -38,10 +38,9 @@ def plot_loss(log_path: Path, out: Path) -> None:
 
     steps = [r["step"] for r in rows]
     losses = [r["loss"] for r in rows]
-    smooth, acc = [], losses[0]
-    for loss in losses:
-        acc = 0.9 * acc + 0.1 * loss
-        smooth.append(acc)
+    half = 4  # centred moving average over up to 9 logged points (no lag, unlike an exponential one)
+    smooth = [sum(losses[max(0, i - half): i + half + 1]) / len(losses[max(0, i - half): i + half + 1])
+              for i in range(len(losses))]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(steps, losses, alpha=0.3, label="loss")
     ax.plot(steps, smooth, label="smoothed")
