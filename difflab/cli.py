@@ -9,14 +9,22 @@ from difflab.errors import DifflabError
 
 # Modules with register(subparsers) that add one or more subcommands, each with set_defaults(handler=...).
 COMMAND_MODULES = ("difflab.commands.demo", "difflab.commands.train", "difflab.commands.sample",
-                   "difflab.commands.samplers")
+                   "difflab.commands.samplers", "difflab.commands.export", "difflab.commands.eval",
+                   "difflab.commands.serve")
+
+
+class Parser(argparse.ArgumentParser):
+    """Reports a bad flag in one line (with a pointer to --help) instead of the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(prog="difflab", description="A diffusion-model laboratory on PyTorch.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="difflab", description="A diffusion-model laboratory on PyTorch.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser

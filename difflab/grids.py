@@ -10,8 +10,8 @@ import torch
 from difflab.errors import DifflabError
 from difflab.schedules import DiscreteSchedule
 
-GridKind = Literal["linspace", "leading", "trailing", "karras"]
-GRIDS: tuple[GridKind, ...] = ("linspace", "leading", "trailing", "karras")
+GridKind = Literal["linspace", "leading", "trailing", "karras", "log_snr", "respaced"]
+GRIDS: tuple[GridKind, ...] = ("linspace", "leading", "trailing", "karras", "log_snr", "respaced")
 
 
 def append_zero(sigmas: torch.Tensor) -> torch.Tensor:
@@ -36,19 +36,70 @@ def karras_sigmas(sigma_min: float, sigma_max: float, n: int, rho: float = 7.0) 
     return (inv_max + ramp * (inv_min - inv_max)) ** rho
 
 
-def make_grid(schedule: DiscreteSchedule, n: int, kind: GridKind = "leading") -> torch.Tensor:
-    """A float64 grid of n+1 VE levels, descending from the schedule's noisiest level to 0."""
+def log_snr_sigmas(sigma_min: float, sigma_max: float, n: int) -> torch.Tensor:
+    # uniform in lambda = log(alpha^2/sigma_vp^2) = -2 log sigma (Lu et al. 2022, Sec. 3.3 "uniform logSNR")
+    return torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()
+
+
+def respaced_timesteps(timesteps: int, sections: str) -> torch.Tensor:
+    """Nichol & Dhariwal 2021 respacing (improved-diffusion `space_timesteps`), descending.
+
+    "10,15,20" splits the chain into 3 equal sections and takes 10, 15, 20 evenly spaced timesteps in each
+    (both ends of a section when it has 2+ of them); "ddimN" takes every k-th timestep from 0 with the
+    stride k that gives exactly N (DDIM's leading spacing).
+    """
+    if sections.startswith("ddim"):
+        n = _count(sections[4:], sections)
+        for stride in range(1, timesteps):
+            if len(range(0, timesteps, stride)) == n:
+                return torch.arange(0, timesteps, stride).flip(0)
+        raise DifflabError(f"--sections {sections}: no integer stride gives exactly {n} of {timesteps} timesteps")
+    counts = [_count(c, sections) for c in sections.split(",")]
+    size, extra = divmod(timesteps, len(counts))
+    chosen, start = [], 0
+    for i, count in enumerate(counts):
+        length = size + (1 if i < extra else 0)
+        if count > length:
+            raise DifflabError(f"--sections {sections}: section {i} has {length} timesteps, cannot take {count}")
+        stride = (length - 1) / (count - 1) if count > 1 else 1.0
+        chosen += [start + round(j * stride) for j in range(count)]
+        start += length
+    return torch.tensor(chosen).flip(0)
+
+
+def _count(text: str, sections: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise DifflabError(f'--sections must be counts like "10,15,20" or "ddimN" with counts >= 1, got {sections!r}')
+    return int(text)
+
+
+def make_grid(
+    schedule: DiscreteSchedule, n: int, kind: GridKind = "leading", sections: str | None = None,
+) -> torch.Tensor:
+    """A float64 grid of n+1 VE levels, descending from the schedule's noisiest level to 0.
+
+    kind "respaced" takes Nichol & Dhariwal's section counts (default: one section of n), which must add up to n.
+    """
     if n < 1:
         raise DifflabError(f"steps must be >= 1, got {n}")
-    if kind == "karras":
-        if n == 1:
-            return append_zero(torch.tensor([schedule.sigma_max], dtype=torch.float64))
-        return append_zero(karras_sigmas(schedule.sigma_min, schedule.sigma_max, n))
     if kind not in GRIDS:
         raise DifflabError(f"grid must be one of {', '.join(GRIDS)}, got {kind!r}")
+    if sections is not None and kind != "respaced":
+        raise DifflabError(f"--sections applies only to --grid respaced, got --grid {kind}")
+    if kind in ("karras", "log_snr"):
+        if n == 1:
+            return append_zero(torch.tensor([schedule.sigma_max], dtype=torch.float64))
+        spacing = karras_sigmas if kind == "karras" else log_snr_sigmas
+        return append_zero(spacing(schedule.sigma_min, schedule.sigma_max, n))
     if n > schedule.timesteps:
         raise DifflabError(f"steps must be <= the schedule's {schedule.timesteps} timesteps, got {n}")
-    return append_zero(schedule.sigmas[spaced_timesteps(schedule.timesteps, n, kind)])
+    if kind == "respaced":
+        timesteps = respaced_timesteps(schedule.timesteps, sections or str(n))
+        if len(timesteps) != n:
+            raise DifflabError(f"--sections {sections} gives {len(timesteps)} steps but --steps is {n}")
+    else:
+        timesteps = spaced_timesteps(schedule.timesteps, n, kind)
+    return append_zero(schedule.sigmas[timesteps])
 
 
 def check_grid(sigmas: torch.Tensor) -> None:

@@ -15,31 +15,73 @@ from difflab.grids import GRIDS
 from difflab.images import save_samples
 from difflab.pipelines.generate import generate
 from difflab.samplers import get_sampler
+from difflab.samplers.common import StepInfo
 from difflab.train.checkpoint import load_denoiser
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that choose how to sample; shared by every command that generates."""
     p.add_argument("--sampler", default="ddim", help="sampler name (see `difflab samplers`); default ddim")
-    p.add_argument("--steps", type=positive_int("--steps"), default=50, help="number of steps (default 50)")
+    p.add_argument("--steps", type=positive_int("--steps"), default=50,
+                   help="number of grid steps (default 50); for rk45 the number of output levels it stops at, "
+                        "its own steps being chosen by --rtol/--atol; for svgd the number of updates")
     p.add_argument("--grid", default="trailing", choices=GRIDS, help="noise-level spacing (default trailing)")
-    p.add_argument("--eta", type=float, help="DDIM stochasticity (0 = deterministic, 1 = DDPM)")
+    p.add_argument("--sections", help='--grid respaced: section counts "10,15,20" or "ddimN" adding up to --steps')
+    p.add_argument("--eta", type=float, help="DDIM / Euler-ancestral stochasticity (0 = deterministic, 1 = DDPM)")
     p.add_argument("--variance", choices=["beta_tilde", "beta"], help="DDPM posterior variance")
+    p.add_argument("--s-churn", type=float, help="euler/heun: EDM S_churn >= 0 (default 0, no churn)")
+    p.add_argument("--s-tmin", type=float, help="euler/heun: churn only for sigma >= S_tmin (default 0)")
+    p.add_argument("--s-tmax", type=float, help="euler/heun: churn only for sigma <= S_tmax (default inf)")
+    p.add_argument("--s-noise", type=float, help="euler/heun: EDM S_noise > 0 (default 1)")
+    p.add_argument("--rtol", type=float, help="rk45: relative tolerance in (0, 1) (default 1e-4)")
+    p.add_argument("--atol", type=float, help="rk45: absolute tolerance > 0 (default 1e-4)")
+    p.add_argument("--sde", choices=["vp", "subvp", "ve"], help="euler_maruyama: which SDE (default vp)")
+    p.add_argument("--snr", type=float, help="predictor_corrector: Langevin signal-to-noise ratio > 0 (default 0.16)")
+    p.add_argument("--langevin-steps", type=int,
+                   help="predictor_corrector / annealed_langevin: Langevin steps per level >= 1 (default 1)")
+    p.add_argument("--step-size", type=float, help="> 0; annealed_langevin: Langevin step / sigma^2 (default 0.2); "
+                                                   "svgd: distance moved per update (default 0.02)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch", type=positive_int("--batch"), default=64)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+
+
+# option name -> (is the value allowed, the allowed range in words); choices are checked by argparse
+OPTION_RANGES = {
+    "eta": (lambda v: v >= 0, ">= 0"),
+    "s_churn": (lambda v: v >= 0, ">= 0"),
+    "s_tmin": (lambda v: v >= 0, ">= 0"),
+    "s_tmax": (lambda v: v > 0, "> 0"),
+    "s_noise": (lambda v: v > 0, "> 0"),
+    "rtol": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "atol": (lambda v: v > 0, "> 0"),
+    "snr": (lambda v: v > 0, "> 0"),
+    "langevin_steps": (lambda v: v >= 1, ">= 1"),
+    "step_size": (lambda v: v > 0, "> 0"),
+    "variance": (lambda v: True, ""),
+    "sde": (lambda v: True, ""),
+}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def sampler_options(args: argparse.Namespace) -> dict:
     """Keyword options for the chosen sampler; an option the sampler does not take is an error."""
     info = get_sampler(args.sampler)
     accepted = inspect.signature(info.fn).parameters
-    options = {name: getattr(args, name) for name in ("eta", "variance") if getattr(args, name) is not None}
-    for name in options:
+    options = {name: getattr(args, name) for name in OPTION_RANGES if getattr(args, name, None) is not None}
+    for name, value in options.items():
         if name not in accepted:
-            raise DifflabError(f"--{name} does not apply to sampler {args.sampler!r}")
-    if "eta" in options and options["eta"] < 0:
-        raise DifflabError(f"--eta must be >= 0, got {options['eta']}")
+            raise DifflabError(f"{flag(name)} does not apply to sampler {args.sampler!r}")
+        allowed, words = OPTION_RANGES[name]
+        if not allowed(value):
+            raise DifflabError(f"{flag(name)} must be {words}, got {value}")
+    if options.get("s_tmin", 0.0) > options.get("s_tmax", float("inf")):
+        raise DifflabError(f"--s-tmin must be <= --s-tmax, got {options['s_tmin']} > {options['s_tmax']}")
+    if args.sections is not None and args.grid != "respaced":
+        raise DifflabError(f"--sections applies only to --grid respaced, got --grid {args.grid}")
     return options
 
 
@@ -71,10 +113,19 @@ def run(args: argparse.Namespace) -> int:
     denoiser, checkpoint = load_denoiser(args.checkpoint or BUNDLED_MODEL)
     config = checkpoint.config
     labels = class_labels(config.class_names, args.label, args.n)
+    nfe: dict[int, int] = {}  # batch -> network evaluations, from samplers that report them (rk45)
+
+    def count_nfe(batch: int, step: StepInfo) -> None:
+        if step.nfe is not None:
+            nfe[batch] = step.nfe
+
     start = time.perf_counter()
     x = generate(denoiser, config.data_shape, args.n, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                 seed=args.seed, batch=args.batch, labels=labels, options=options, progress=True)
+                 sections=args.sections, seed=args.seed, batch=args.batch, labels=labels, options=options,
+                 progress=True, callback=count_nfe)
     save_samples(x, args.out, labels, title=f"{args.sampler}, {args.steps} steps")
     print(f"wrote {args.n} samples to {args.out} ({args.sampler}, {args.steps} steps, "
           f"{time.perf_counter() - start:.1f} s)")
+    if nfe:
+        print(f"network evaluations per batch: {', '.join(str(nfe[b]) for b in sorted(nfe))}")
     return 0

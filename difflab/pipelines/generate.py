@@ -29,8 +29,8 @@ class ConditionedDenoiser(torch.nn.Module):
 @torch.no_grad()
 def generate(
     denoiser: Denoiser, shape: tuple[int, ...], n: int, *, sampler: str = "ddim", steps: int = 50,
-    grid: GridKind = "trailing", seed: int = 0, batch: int = 64, labels: torch.Tensor | None = None,
-    options: dict[str, Any] | None = None, progress: bool = False,
+    grid: GridKind = "trailing", sections: str | None = None, seed: int = 0, batch: int = 64,
+    labels: torch.Tensor | None = None, options: dict[str, Any] | None = None, progress: bool = False,
     callback: Callable[[int, StepInfo], None] | None = None,
 ) -> torch.Tensor:
     """n samples of one example `shape`; sample i depends only on seed + i (not on the batch size).
@@ -42,7 +42,7 @@ def generate(
     if batch <= 0:
         raise DifflabError(f"--batch must be > 0, got {batch}")
     info = get_sampler(sampler)
-    sigmas = make_grid(denoiser.schedule, steps, grid)
+    sigmas = make_grid(denoiser.schedule, steps, grid, sections)
     device = next(denoiser.parameters()).device
     out = []
     bar = tqdm(total=n * steps, desc=f"{sampler} x{steps}", unit="step", disable=not progress, leave=False)

@@ -44,4 +44,5 @@ def get_sampler(name: str) -> SamplerInfo:
     return SAMPLERS[name]
 
 
-from difflab.samplers import ancestral  # noqa: E402,F401  (registers its samplers)
+# importing a family registers its samplers
+from difflab.samplers import adaptive, ancestral, dpm_solver, langevin, ode, sde, svgd  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""DDPM ancestral sampling and DDIM with eta, over any grid of levels (full chain or strided)."""
+"""DDPM ancestral sampling, DDIM with eta and Euler ancestral, over any grid of levels (full chain or strided)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from difflab.samplers import register
-from difflab.samplers.common import Callback, Generator, ancestral_step, randn_like, report, sigma_batch
+from difflab.samplers.common import Callback, Generator, add_noise, ancestral_step, report, sigma_batch
 
 
 @register("ddpm", order=1, stochastic=True, nfe_per_step=1)
@@ -31,7 +31,7 @@ def sample_ddpm(
             else:
                 # beta / alpha_bar_s = (sigma_t^2 - sigma_s^2)(1 + sigma_s^2) / (1 + sigma_t^2)
                 std = torch.sqrt((sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2))
-            x = x + std.to(x.dtype) * randn_like(x, generator)
+            x = add_noise(x, std, generator)
     return x
 
 
@@ -49,7 +49,18 @@ def sample_ddim(
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         eps_hat = (x - x0_hat) / sigma.to(x.dtype)
         # x_s / alpha_s = x0_hat + sqrt(sigma_s^2 - ddim_std^2) eps_hat + ddim_std z   (all divided by alpha_s)
-        x = x0_hat + sigma_down.to(x.dtype) * eps_hat
-        if sigma_up > 0:
-            x = x + sigma_up.to(x.dtype) * randn_like(x, generator)
+        x = add_noise(x0_hat + sigma_down.to(x.dtype) * eps_hat, sigma_up, generator)
     return x
+
+
+@register("euler_ancestral", order=1, stochastic=True, nfe_per_step=1)
+def sample_euler_ancestral(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+    eta: float = 1.0,
+) -> torch.Tensor:
+    """Euler ancestral (k-diffusion): an Euler step to sigma_down plus noise sigma_up; equals DDIM with eta (default 1).
+
+    x + (sigma_down - sigma) (x - x0_hat) / sigma = x0_hat + sigma_down * eps_hat, so in VE coordinates the update
+    is DDIM's and is not implemented twice.
+    """
+    return sample_ddim(denoiser, x, sigmas, generator=generator, callback=callback, eta=eta)

@@ -1,4 +1,4 @@
-"""Pieces shared by samplers: step reports, interruption, noise draws and the ancestral split."""
+"""Pieces shared by samplers: step reports, interruption, noise draws, the ancestral split and EDM's churn."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class StepInfo:
     sigma_next: float
     x: torch.Tensor
     x0_hat: torch.Tensor
+    nfe: int | None = None  # network evaluations so far, from samplers whose count is not fixed by the grid
 
 
 Callback = Callable[[StepInfo], None] | None
@@ -37,6 +38,13 @@ def randn_like(x: torch.Tensor, generator: Generator) -> torch.Tensor:
     if len(generator) != x.shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
     return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=x.dtype, device=x.device) for g in generator])
+
+
+def add_noise(x: torch.Tensor, std: torch.Tensor | float, generator: Generator) -> torch.Tensor:
+    """x + std * z with z ~ N(0, I) from the generator; no draw when std is 0 (e.g. on the last step to sigma = 0)."""
+    if float(std) == 0.0:
+        return x
+    return x + torch.as_tensor(std, dtype=x.dtype, device=x.device) * randn_like(x, generator)
 
 
 def sigma_batch(sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +68,24 @@ def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1
     return sigma_down, sigma_up
 
 
-def report(callback: Callback, i: int, sigmas: torch.Tensor, x: torch.Tensor, x0_hat: torch.Tensor) -> None:
+def churn(
+    x: torch.Tensor, sigma: torch.Tensor, steps: int, generator: Generator, *,
+    s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raise the level of x from sigma to sigma_hat = sigma (1 + gamma) with fresh noise; gamma = 0 adds none.
+
+    Karras et al. 2022, Alg. 2 lines 4-6: gamma = min(S_churn / N, sqrt(2) - 1) for S_tmin <= sigma <= S_tmax,
+    x_hat = x + sqrt(sigma_hat^2 - sigma^2) * S_noise * z.
+    """
+    gamma = min(s_churn / steps, 2**0.5 - 1) if s_tmin <= float(sigma) <= s_tmax else 0.0
+    if gamma == 0.0:
+        return x, sigma
+    sigma_hat = sigma * (1 + gamma)
+    return add_noise(x, s_noise * torch.sqrt(sigma_hat**2 - sigma**2), generator), sigma_hat
+
+
+def report(
+    callback: Callback, i: int, sigmas: torch.Tensor, x: torch.Tensor, x0_hat: torch.Tensor, nfe: int | None = None,
+) -> None:
     if callback is not None:
-        callback(StepInfo(i, float(sigmas[i]), float(sigmas[i + 1]), x, x0_hat))
+        callback(StepInfo(i, float(sigmas[i]), float(sigmas[i + 1]), x, x0_hat, nfe))
