@@ -1,0 +1,189 @@
+"""DPM-Solver 1/2/3 (single-step, noise prediction; Lu et al. 2022a) and DPM-Solver++ 2S, 2M, 3M and
+SDE-DPM-Solver++(2M) (data prediction; Lu et al. 2022b), in VE coordinates.
+
+With x = x_t / alpha_t and sigma = sigma_t / alpha_t = exp(-lambda), where lambda is the half log-SNR, the
+exponential integrators lose their alpha factors: h = lambda_next - lambda = log(sigma / sigma_next).
+The step to sigma = 0 (h = inf) is always first order, x = x0_hat: the lower-order final step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from difflab.samplers import register
+from difflab.samplers.common import Callback, Generator, add_noise, report, sigma_batch
+
+
+def _eps(denoiser, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    # eps_hat = (x - D(x, sigma)) / sigma
+    return (x - denoiser(x, sigma_batch(sigma, x))) / sigma.to(x.dtype)
+
+
+def dpm_solver_step(denoiser, x, eps_s, sigma, sigma_next, order: int) -> torch.Tensor:
+    """One single-step DPM-Solver-k update with noise prediction (Lu et al. 2022a, Alg. 4 and 5 divided by alpha_t)."""
+    h = torch.log(sigma / sigma_next)
+    phi_1 = torch.expm1(h)
+    if order == 1:
+        return x - sigma_next * phi_1 * eps_s  # Eq. 3.7: DPM-Solver-1 = DDIM
+    if order == 2:
+        # Alg. 4, r1 = 1/2: u at lambda + h/2, then the full step with eps at u
+        sigma_mid = sigma * torch.exp(-h / 2)
+        u = x - sigma_mid * torch.expm1(h / 2) * eps_s
+        return x - sigma_next * phi_1 * _eps(denoiser, u, sigma_mid)
+    # Alg. 5, r1 = 1/3, r2 = 2/3
+    r1, r2 = 1 / 3, 2 / 3
+    sigma_1, sigma_2 = sigma * torch.exp(-r1 * h), sigma * torch.exp(-r2 * h)
+    u1 = x - sigma_1 * torch.expm1(r1 * h) * eps_s
+    d1 = _eps(denoiser, u1, sigma_1) - eps_s
+    phi_22 = torch.expm1(r2 * h) / (r2 * h) - 1
+    u2 = x - sigma_2 * torch.expm1(r2 * h) * eps_s - (r2 / r1) * sigma_2 * phi_22 * d1
+    d2 = _eps(denoiser, u2, sigma_2) - eps_s
+    phi_2 = phi_1 / h - 1
+    return x - sigma_next * phi_1 * eps_s - (1 / r2) * sigma_next * phi_2 * d2
+
+
+def _dpm_solver(denoiser, x, sigmas, callback, order: int) -> torch.Tensor:
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0_hat = denoiser(x, sigma_batch(sigma, x))
+        report(callback, i, sigmas, x, x0_hat)
+        if sigma_next == 0:
+            x = x0_hat  # the h -> inf limit of every order
+        else:
+            x = dpm_solver_step(denoiser, x, (x - x0_hat) / sigma.to(x.dtype), sigma, sigma_next, order)
+    return x
+
+
+@register("dpm_solver_1", order=1, stochastic=False, nfe_per_step=1)
+@torch.no_grad()
+def sample_dpm_solver_1(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+) -> torch.Tensor:
+    """DPM-Solver-1 (Lu et al. 2022a, Eq. 3.7); the same update as DDIM(eta=0)."""
+    return _dpm_solver(denoiser, x, sigmas, callback, 1)
+
+
+@register("dpm_solver_2", order=2, stochastic=False, nfe_per_step=2)
+@torch.no_grad()
+def sample_dpm_solver_2(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+) -> torch.Tensor:
+    """DPM-Solver-2, single-step (Lu et al. 2022a, Alg. 4 with r1 = 1/2)."""
+    return _dpm_solver(denoiser, x, sigmas, callback, 2)
+
+
+@register("dpm_solver_3", order=3, stochastic=False, nfe_per_step=3)
+@torch.no_grad()
+def sample_dpm_solver_3(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+) -> torch.Tensor:
+    """DPM-Solver-3, single-step (Lu et al. 2022a, Alg. 5 with r1 = 1/3, r2 = 2/3)."""
+    return _dpm_solver(denoiser, x, sigmas, callback, 3)
+
+
+@register("dpmpp_2s", order=2, stochastic=False, nfe_per_step=2)
+@torch.no_grad()
+def sample_dpmpp_2s(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2S), single-step with data prediction (Lu et al. 2022b, Alg. 1 with r = 1/2)."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0_hat = denoiser(x, sigma_batch(sigma, x))
+        report(callback, i, sigmas, x, x0_hat)
+        if sigma_next == 0:
+            x = x0_hat
+            continue
+        h = torch.log(sigma / sigma_next)
+        sigma_mid = sigma * torch.exp(-h / 2)
+        # Alg. 1: u = (sigma_s1 / sigma_s) x - alpha_s1 (e^{-r h} - 1) x0_hat, then D = x0(u) for r = 1/2
+        u = (sigma_mid / sigma) * x - torch.expm1(-h / 2) * x0_hat
+        x = (sigma_next / sigma) * x - torch.expm1(-h) * denoiser(u, sigma_batch(sigma_mid, x))
+    return x
+
+
+def multistep_update(
+    x: torch.Tensor, sigma, sigma_next, x0_hats: list[torch.Tensor], hs: list[torch.Tensor], order: int,
+) -> torch.Tensor:
+    """One DPM-Solver++ multistep update of the given order from the last `order` data predictions.
+
+    x0_hats[-1] is at sigma, x0_hats[-2] one step earlier; hs[-1] is the previous step's h (Lu et al. 2022b).
+    """
+    h = torch.log(sigma / sigma_next)
+    phi_1 = torch.expm1(-h)
+    linear = (sigma_next / sigma) * x - phi_1 * x0_hats[-1]  # Eq. 5 with D = x0_hat: first order
+    if order == 1:
+        return linear
+    d1_0 = (x0_hats[-1] - x0_hats[-2]) * (h / hs[-1])  # (x0_i - x0_{i-1}) / r0, r0 = h_prev / h
+    if order == 2:
+        return linear - 0.5 * phi_1 * d1_0  # Alg. 2: D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}
+    # third order: Taylor terms h^(k+1) phi_(k+1)(-h) d^k x0/dlambda^k (Lu et al. 2022a, Eq. 3.6, data prediction)
+    r0, r1 = hs[-1] / h, hs[-2] / h
+    d1_1 = (x0_hats[-2] - x0_hats[-3]) / r1
+    # d2 ~ h^2 x0''. The released DPM-Solver code and diffusers omit the 2 (weighting x0'' by half, which makes
+    # their 3M second order); their single-step "taylor" update has it: D2 = 2 (D1_1 - D1_0) / (r2 - r1)
+    d2 = 2 * (d1_0 - d1_1) / (r0 + r1)
+    d1 = d1_0 + (r0 / 2) * d2  # ~ h x0' at lambda (d1_0 is centred half a previous step earlier)
+    phi_2 = phi_1 / h + 1  # phi_1 = -h phi_1(-h), phi_2 = h phi_2(-h), phi_3 = -h phi_3(-h) in the usual phi_k(z)
+    phi_3 = phi_2 / h - 0.5
+    return linear + phi_2 * d1 - phi_3 * d2
+
+
+def _multistep(denoiser, x, sigmas, generator, callback, max_order: int, sde: bool) -> torch.Tensor:
+    steps = len(sigmas) - 1
+    x0_hats: list[torch.Tensor] = []
+    hs: list[torch.Tensor] = []
+    for i in range(steps):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x0_hat = denoiser(x, sigma_batch(sigma, x))
+        report(callback, i, sigmas, x, x0_hat)
+        x0_hats = (x0_hats + [x0_hat])[-max_order:]
+        # warm-up from first order, and lower orders on the last steps (the last one, to sigma = 0, is first order)
+        order = min(max_order, len(x0_hats), steps - i)
+        if sigma_next == 0:
+            x = x0_hat
+        elif sde:
+            x = sde_update(x, sigma, sigma_next, x0_hats, hs, order, generator)
+        else:
+            x = multistep_update(x, sigma, sigma_next, x0_hats, hs, order)
+        hs = (hs + [torch.log(sigma / sigma_next)])[-max_order:]
+    return x
+
+
+def sde_update(x, sigma, sigma_next, x0_hats, hs, order: int, generator: Generator) -> torch.Tensor:
+    """SDE-DPM-Solver++ (Lu et al. 2022b, App. B; first order, or second order by the midpoint rule)."""
+    h = torch.log(sigma / sigma_next)
+    weight = -torch.expm1(-2 * h)  # 1 - e^{-2h} = 1 - sigma_next^2 / sigma^2
+    d = x0_hats[-1]
+    if order == 2:
+        d = d + 0.5 * (x0_hats[-1] - x0_hats[-2]) * (h / hs[-1])
+    # x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) D + sigma_t sqrt(1 - e^{-2h}) z, divided by alpha_t
+    mean = (sigma_next / sigma) * torch.exp(-h) * x + weight * d
+    return add_noise(mean, sigma_next * weight.sqrt(), generator)
+
+
+@register("dpmpp_2m", order=2, stochastic=False, nfe_per_step=1)
+@torch.no_grad()
+def sample_dpmpp_2m(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+) -> torch.Tensor:
+    """DPM-Solver++(2M), multistep with data prediction (Lu et al. 2022b, Alg. 2)."""
+    return _multistep(denoiser, x, sigmas, generator, callback, 2, sde=False)
+
+
+@register("dpmpp_3m", order=3, stochastic=False, nfe_per_step=1)
+@torch.no_grad()
+def sample_dpmpp_3m(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+) -> torch.Tensor:
+    """DPM-Solver++(3M), multistep with data prediction, 2nd order on the next-to-last step."""
+    return _multistep(denoiser, x, sigmas, generator, callback, 3, sde=False)
+
+
+@register("dpmpp_2m_sde", order=2, stochastic=True, nfe_per_step=1)
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) with the midpoint rule (Lu et al. 2022b, App. B); noise-free last step to sigma = 0."""
+    return _multistep(denoiser, x, sigmas, generator, callback, 2, sde=True)
