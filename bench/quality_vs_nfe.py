@@ -22,19 +22,12 @@ from difflab.data.toy import sample_toy
 from difflab.grids import GRIDS, make_grid
 from difflab.samplers import SAMPLERS
 from difflab.samplers.common import randn_like
+from difflab.eval.toy_metrics import sliced_wasserstein
 from difflab.train.checkpoint import load_denoiser
 
 NFES = (5, 10, 20, 50, 100)
 RK45_TOLERANCES = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3)
 SCAN_NFES = (8, 15, 30, 75, 200)  # more points for DPM-Solver++(2M)
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int = 128, seed: int = 0) -> float:
-    """SW1 between equal-size point sets [n, d]: the mean over random unit directions of the 1-D W1 distance."""
-    g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(a.shape[1], directions, generator=g, dtype=torch.float64)
-    theta = theta / theta.norm(dim=0)
-    return float(((a.double() @ theta).sort(0).values - (b.double() @ theta).sort(0).values).abs().mean())
 
 
 class Counted(torch.nn.Module):

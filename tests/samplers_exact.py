@@ -73,12 +73,3 @@ class MixtureDenoiser:
         second = sum(w * (torch.outer(m, m) + s**2 * torch.eye(d, dtype=torch.float64))
                      for w, m, s in zip(self.weights, self.means, self.stds))
         return mean, second - torch.outer(mean, mean)
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 64, seed: int = 0) -> float:
-    """Sliced 1-Wasserstein distance between two equal-size point sets [n, d]."""
-    g = torch.Generator().manual_seed(seed)
-    directions = torch.randn(a.shape[1], projections, generator=g, dtype=torch.float64)
-    directions = directions / directions.norm(dim=0)
-    pa, pb = (a.double() @ directions).sort(0).values, (b.double() @ directions).sort(0).values
-    return float((pa - pb).abs().mean())

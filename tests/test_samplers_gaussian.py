@@ -10,7 +10,9 @@ import math
 
 import pytest
 import torch
-from samplers_exact import GaussianDenoiser, MixtureDenoiser, sliced_wasserstein
+from samplers_exact import GaussianDenoiser, MixtureDenoiser
+
+from difflab.eval.toy_metrics import sliced_wasserstein
 
 from difflab.grids import append_zero, karras_sigmas
 from difflab.samplers import SAMPLERS

@@ -35,15 +35,6 @@ def write_checkpoint(path, class_names=None, timesteps=100):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread; on busy cores two threads wait on each other at every op (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def uncond_path(tmp_path_factory):
     return write_checkpoint(tmp_path_factory.mktemp("uncond") / "checkpoint.safetensors")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from difflab.serve.app import create_app
 from difflab.serve.model import load_served_model
-from test_serve_api import one_torch_thread, write_checkpoint  # noqa: F401  (autouse fixture)
+from test_serve_api import write_checkpoint
 
 
 class Gate:

@@ -13,20 +13,13 @@ from PIL import Image
 
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
+from difflab.eval.toy_metrics import sliced_wasserstein
 from difflab.grids import make_grid
 from difflab.pipelines.generate import generate
 from difflab.samplers.ancestral import sample_ddpm
 from difflab.train.checkpoint import load_checkpoint, load_denoiser
 from difflab.train.config import ExperimentConfig
 from difflab.train.trainer import Trainer, batch_indices
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256) -> float:
-    # SW_1(a, b) = E_theta W_1(<a, theta>, <b, theta>), W_1 of equal-size 1-D samples = mean |sorted difference|
-    theta = torch.randn(2, projections, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    theta = theta / theta.norm(dim=0)
-    pa, pb = (a.double() @ theta).sort(0).values, (b.double() @ theta).sort(0).values
-    return float((pa - pb).abs().mean())
 
 
 def toy_config(**train) -> ExperimentConfig:

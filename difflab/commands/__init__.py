@@ -12,32 +12,27 @@ from difflab.errors import DifflabError
 BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "fashion_mnist" / "model.safetensors"
 
 
-def positive_int(name: str):
-    """argparse type for an integer > 0 whose error names the flag."""
+def _positive(name: str, kind: type, noun: str):
+    """argparse type for a number > 0 whose error names the flag."""
 
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {value}")
-        return value
-
-    return parse
-
-
-def positive_float(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"{name} must be {noun}, got {text!r}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{name} must be > 0, got {value}")
         return value
 
     return parse
+
+
+def positive_int(name: str):
+    return _positive(name, int, "an integer")
+
+
+def positive_float(name: str):
+    return _positive(name, float, "a number")
 
 
 def set_threads(threads: int | None) -> None:
