@@ -24,14 +24,25 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str) -> torch.Te
     return clipped
 
 
+def draw_noise(
+    schedule, shape: tuple[int, ...], generator: torch.Generator | None, device=None, dtype=torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random part of L_simple for a batch of `shape`: t ~ U{0..T-1} [B] and eps ~ N(0, I)."""
+    timestep = torch.randint(0, schedule.timesteps, (shape[0],), generator=generator, device=device)
+    return timestep, torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+
 def simple_loss(
     denoiser: Denoiser, x0: torch.Tensor, labels: torch.Tensor | None = None, *,
     generator: torch.Generator | None = None, min_snr_gamma: float | None = None,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """L_simple (Ho et al. 2020, Eq. 14): || target - net(x_t, t) ||^2 with t ~ U{0..T-1}, per sample [B]."""
+    """L_simple (Ho et al. 2020, Eq. 14): || target - net(x_t, t) ||^2 with t ~ U{0..T-1}, per sample [B].
+
+    `noise` = (timestep, eps) drawn by the caller (a data-parallel shard of a global draw); else drawn here.
+    """
     schedule = denoiser.schedule
-    timestep = torch.randint(0, schedule.timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    timestep, eps = noise or draw_noise(schedule, tuple(x0.shape), generator, x0.device, x0.dtype)
     x_t = schedule.q_sample(x0, timestep, eps)
     sigma = schedule.sigmas.to(x0.device)[timestep]
     target = training_target(denoiser.prediction, append_dims(sigma.to(x0.dtype), x0.ndim), x0, eps)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from difflab.commands import positive_float, positive_int
+from difflab.train import distributed
 from difflab.train.config import ExperimentConfig, load_config
 from difflab.train.trainer import Trainer
 
@@ -41,10 +42,16 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    trainer = Trainer(training_config(args), args.out, resume=args.resume)
-    result = trainer.run()
-    print(f"trained to step {result.step}")
-    print(f"checkpoint: {result.checkpoint}")
-    print(f"samples:    {result.samples}")
-    print(f"loss plot:  {result.loss_plot}")
+    """Train; under torchrun (`torchrun --nproc-per-node N -m difflab train ...`) every process runs this."""
+    try:
+        trainer = Trainer(training_config(args), args.out, resume=args.resume)
+        result = trainer.run()
+    finally:
+        distributed.close()
+    if trainer.shard.is_main:
+        processes = f" on {trainer.shard.world} processes" if trainer.shard.world > 1 else ""
+        print(f"trained to step {result.step}{processes}")
+        print(f"checkpoint: {result.checkpoint}")
+        print(f"samples:    {result.samples}")
+        print(f"loss plot:  {result.loss_plot}")
     return 0

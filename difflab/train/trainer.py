@@ -18,11 +18,12 @@ from difflab.errors import DifflabError
 from difflab.images import save_samples
 from difflab.nets import build_network
 from difflab.nets.mlp import MLPConfig
-from difflab.objectives import simple_loss
+from difflab.objectives import draw_noise, simple_loss
 from difflab.pipelines.generate import generate
 from difflab.schedules import DiscreteSchedule
 from difflab.train.checkpoint import load_checkpoint, optimizer_state, save_checkpoint
 from difflab.train.config import ExperimentConfig
+from difflab.train.distributed import init_shard
 from difflab.train.ema import EMA, ema_decay
 from difflab.train.log import append_log, plot_loss, truncate_log
 
@@ -34,7 +35,7 @@ class TrainResult:
     out: Path
     step: int
     checkpoint: Path
-    samples: Path
+    samples: Path | None  # None on the non-main processes of a distributed run
     loss_plot: Path
 
 
@@ -92,7 +93,6 @@ def interrupt_on_sigterm():
 class Trainer:
     def __init__(self, config: ExperimentConfig, out: str | Path, resume: bool = False, progress: bool = True):
         self.out = Path(out)
-        self.progress = progress
         checkpoint = None
         if resume:
             path = self.out / CHECKPOINT
@@ -103,6 +103,8 @@ class Trainer:
             config = replace(checkpoint.config, train=replace(checkpoint.config.train, **budget))
         self.data = load_dataset(config.train.data, "train", config.train.data_root, seed=config.train.seed)
         self.config = config if checkpoint else prepare_config(config, self.data)
+        self.shard = init_shard(self.config.train.batch)
+        self.progress = progress and self.shard.is_main
         torch.manual_seed(self.config.train.seed)
         net = build_network(self.config.network)
         if self.data.kind == "image":
@@ -120,10 +122,17 @@ class Trainer:
             self.generator.set_state(checkpoint.tensors["rng.noise"])
             torch.set_rng_state(checkpoint.tensors["rng.torch"])
             self.step = checkpoint.step
-            truncate_log(self.out / "log.jsonl", self.step)
+            if self.shard.is_main:
+                truncate_log(self.out / "log.jsonl", self.step)
+        # the loss runs through DistributedDataParallel, which averages gradients over ranks in backward
+        self.train_denoiser = self.denoiser if self.shard.world == 1 else Denoiser(
+            torch.nn.parallel.DistributedDataParallel(net), self.denoiser.schedule, self.denoiser.prediction)
 
     def save(self) -> Path:
+        """Write the checkpoint (on the main process only: every rank holds the same state)."""
         path = self.out / CHECKPOINT
+        if not self.shard.is_main:
+            return path
         save_checkpoint(path, self.config, self.step, model=self.denoiser.net, ema=self.ema.model,
                         optimizer=self.optimizer,
                         rng={"noise": self.generator.get_state(), "torch": torch.get_rng_state()})
@@ -153,7 +162,9 @@ class Trainer:
             labels = None
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, cfg.lr, cfg.warmup)
-        loss = simple_loss(self.denoiser, x0, labels, generator=self.generator,
+        timestep, eps = draw_noise(self.denoiser.schedule, tuple(x0.shape), self.generator, dtype=x0.dtype)
+        take = self.shard.take  # this process's slice of the global batch and its noise
+        loss = simple_loss(self.train_denoiser, take(x0), take(labels), noise=(take(timestep), take(eps)),
                            min_snr_gamma=cfg.min_snr_gamma).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -161,10 +172,13 @@ class Trainer:
         self.optimizer.step()
         self.ema.update(self.denoiser.net, ema_decay(self.step, cfg.ema_decay))
         self.step += 1
-        return loss.item(), grad_norm.item()
+        return self.shard.mean(loss.item()), grad_norm.item()
 
     def run(self) -> TrainResult:
-        """Train until the step or time budget is spent; an interrupt (Ctrl-C, SIGTERM) saves a checkpoint first."""
+        """Train until the step or time budget is spent; an interrupt (Ctrl-C, SIGTERM) saves a checkpoint first.
+
+        Under torchrun only the main process writes files (checkpoint, log, plots, samples).
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         log_path = self.out / "log.jsonl"
         bar = tqdm(total=self.config.train.steps, initial=self.step, disable=not self.progress, unit="step",
@@ -175,21 +189,30 @@ class Trainer:
             except KeyboardInterrupt:
                 bar.close()
                 self.save()
-                plot_loss(log_path, self.out / "loss.png")
+                self._plot(log_path)
                 raise
         bar.close()
         checkpoint = self.save()
-        plot_loss(log_path, self.out / "loss.png")
-        if samples is None or samples.name != f"step_{self.step:07d}.png":
+        self._plot(log_path)
+        if self.shard.is_main and (samples is None or samples.name != f"step_{self.step:07d}.png"):
             samples = self.sample_grid()
         return TrainResult(self.out, self.step, checkpoint, samples, self.out / "loss.png")
 
+    def _plot(self, log_path: Path) -> None:
+        if self.shard.is_main:
+            plot_loss(log_path, self.out / "loss.png")
+
+    def _out_of_time(self, deadline: float | None) -> bool:
+        # every rank must stop at the same step, so the ranks agree on the clock
+        return deadline is not None and self.shard.any(time.monotonic() >= deadline)
+
     def _loop(self, log_path: Path, bar: tqdm) -> Path | None:
         cfg = self.config.train
+        main = self.shard.is_main
         deadline = None if cfg.minutes is None else time.monotonic() + 60 * cfg.minutes
         samples = None
         window_start, losses = time.monotonic(), []
-        while (cfg.steps is None or self.step < cfg.steps) and (deadline is None or time.monotonic() < deadline):
+        while (cfg.steps is None or self.step < cfg.steps) and not self._out_of_time(deadline):
             loss, grad_norm = self.train_step()
             losses.append(loss)
             bar.update(1)
@@ -198,13 +221,15 @@ class Trainer:
                 window_start, losses = time.monotonic(), []
             if self.step % cfg.checkpoint_every == 0:
                 self.save()
-            if self.step % cfg.sample_every == 0:
+            if main and self.step % cfg.sample_every == 0:
                 samples = self.sample_grid()
         if losses:  # the last, partial window
             self._log(log_path, bar, losses, grad_norm, window_start)
         return samples
 
     def _log(self, log_path: Path, bar: tqdm, losses: list[float], grad_norm: float, window_start: float) -> None:
+        if not self.shard.is_main:
+            return
         elapsed = time.monotonic() - window_start
         row = {"step": self.step, "loss": sum(losses) / len(losses), "grad_norm": grad_norm,
                "lr": self.optimizer.param_groups[0]["lr"],
