@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,3 +49,28 @@ def test_batch_must_divide_among_processes(tmp_path):
     proc = train(tmp_path / "odd", 2, 2, "--batch", "63")
     assert proc.returncode != 0
     assert "--batch 63 must be divisible by the 2 processes" in proc.stderr
+
+
+@pytest.mark.parametrize("n,unit,world", [(7, 3, 2), (10, 4, 3), (2, 64, 4), (64, 1, 2)])
+def test_shard_ranges_tile_the_items_at_batch_boundaries(n, unit, world):
+    from difflab.distributed import Shard
+
+    bounds = [Shard(r, world).range(n, unit) for r in range(world)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert all(lo % unit == 0 for lo, hi in bounds if hi > lo)
+
+
+def test_sharded_sampling_equals_single_process_image_for_image(tmp_path):
+    assert train(tmp_path / "model", 3).returncode == 0
+    checkpoint = str(tmp_path / "model" / "checkpoint.safetensors")
+    outputs = []
+    for processes in (1, 2):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        out = tmp_path / f"samples{processes}.npz"
+        proc = subprocess.run(launcher + ["-m", "difflab", "sample", checkpoint, "--sampler", "ddpm", "--steps", "20",
+                                          "--num-samples", "7", "--batch", "3", "--out", str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs.append(np.load(out)["points"])
+    assert outputs[0].shape == (7, 2) and np.array_equal(outputs[0], outputs[1])

@@ -15,15 +15,17 @@ from pathlib import Path
 
 import torch
 
+from difflab import distributed
 from difflab.commands import positive_int, set_threads
 from difflab.commands.sample import add_sampling_arguments, sampler_options
 from difflab.data.toy import sample_toy
+from difflab.distributed import Shard, init_shard
 from difflab.errors import DifflabError
 from difflab.eval.feature_net import IMAGE_SIZE
 from difflab.eval.report import evaluate_images, evaluate_points, format_table
 from difflab.eval.samples import MIN_SAMPLES, Samples, read_samples
 from difflab.images import save_samples, to_uint8
-from difflab.pipelines.generate import generate
+from difflab.pipelines.generate import generate_sharded
 from difflab.train.checkpoint import load_denoiser
 
 DEFAULT_GENERATED = 1000
@@ -36,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("source", help="SAMPLES.npz ('images' uint8 [N, 28, 28] with optional 'labels', or 'points' "
                                   "[N, 2]) or a .safetensors checkpoint to sample from")
     add_sampling_arguments(p)
-    p.add_argument("--n", type=positive_int("--n"),
+    p.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"),
                    help=f"samples to draw from a checkpoint (default {DEFAULT_GENERATED}), or to take from the start "
                         "of a file (default all)")
     p.add_argument("--data", help="toy:NAME, the distribution a file of points is compared with")
@@ -48,7 +50,7 @@ def register(subparsers) -> None:
     p.set_defaults(handler=run)
 
 
-def generate_samples(args: argparse.Namespace) -> tuple[Samples, str | None, dict]:
+def generate_samples(args: argparse.Namespace, shard: Shard) -> tuple[Samples, str | None, dict]:
     """N samples from the checkpoint (class-balanced labels for a class-conditional one), its data spec and timing."""
     options = sampler_options(args)
     denoiser, checkpoint = load_denoiser(args.source)
@@ -60,11 +62,11 @@ def generate_samples(args: argparse.Namespace) -> tuple[Samples, str | None, dic
         raise DifflabError(f"{args.source}: its samples have shape {list(config.data_shape)}; difflab eval takes "
                            "1x28x28 Fashion-MNIST images or 2-D toy points")
     start = time.perf_counter()
-    x = generate(denoiser, config.data_shape, n, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                 sections=args.sections, seed=args.seed, batch=args.batch, labels=labels, options=options,
-                 progress=True)
+    x = generate_sharded(denoiser, config.data_shape, n, sampler=args.sampler, steps=args.steps, grid=args.grid,
+                         sections=args.sections, seed=args.seed, batch=args.batch, labels=labels, options=options,
+                         progress=shard.is_main)
     info = {"sampler": args.sampler, "steps": args.steps, "generate_seconds": round(time.perf_counter() - start, 1)}
-    if args.save:
+    if args.save and shard.is_main:
         save_samples(x, args.save, labels)
     labels = None if labels is None else labels.numpy()
     if x.ndim == 2:
@@ -90,7 +92,13 @@ def run(args: argparse.Namespace) -> int:
     if from_file:
         samples, data, info = read_samples(args.source).head(args.n), args.data, {}
     else:
-        samples, data, info = generate_samples(args)
+        shard = init_shard()  # under torchrun the processes share the sampling; the main one measures and prints
+        try:
+            samples, data, info = generate_samples(args, shard)
+        finally:
+            distributed.close()
+        if not shard.is_main:
+            return 0
     start = time.perf_counter()
     if samples.points is not None:
         name = toy_name(data)

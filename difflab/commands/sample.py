@@ -9,11 +9,13 @@ from pathlib import Path
 
 import torch
 
+from difflab import distributed
 from difflab.commands import BUNDLED_MODEL, positive_int, set_threads
 from difflab.errors import DifflabError
+from difflab.distributed import init_shard
 from difflab.grids import GRIDS
 from difflab.images import save_samples
-from difflab.pipelines.generate import generate
+from difflab.pipelines.generate import generate_sharded
 from difflab.samplers import get_sampler
 from difflab.samplers.common import StepInfo
 from difflab.train.checkpoint import load_denoiser
@@ -89,7 +91,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample from a checkpoint", description=__doc__)
     p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint (default: the bundled model)")
     add_sampling_arguments(p)
-    p.add_argument("--n", type=positive_int("--n"), default=64, help="number of samples (default 64)")
+    p.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"), default=64,
+                   help="number of samples (default 64); spell it --num-samples under torchrun, which takes --n as its own")
     p.add_argument("--class", dest="label", type=int, help="class index for a class-conditional model")
     p.add_argument("--out", default="samples.png", help="FILE.png (grid or scatter plot) or FILE.npz")
     p.set_defaults(handler=run)
@@ -120,12 +123,19 @@ def run(args: argparse.Namespace) -> int:
             nfe[batch] = step.nfe
 
     start = time.perf_counter()
-    x = generate(denoiser, config.data_shape, args.n, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                 sections=args.sections, seed=args.seed, batch=args.batch, labels=labels, options=options,
-                 progress=True, callback=count_nfe)
+    shard = init_shard()  # under torchrun each process draws a range of the samples
+    try:
+        x = generate_sharded(denoiser, config.data_shape, args.n, sampler=args.sampler, steps=args.steps,
+                             grid=args.grid, sections=args.sections, seed=args.seed, batch=args.batch, labels=labels,
+                             options=options, progress=shard.is_main, callback=count_nfe)
+    finally:
+        distributed.close()
+    if not shard.is_main:
+        return 0
     save_samples(x, args.out, labels, title=f"{args.sampler}, {args.steps} steps")
+    processes = f" on {shard.world} processes" if shard.world > 1 else ""
     print(f"wrote {args.n} samples to {args.out} ({args.sampler}, {args.steps} steps, "
-          f"{time.perf_counter() - start:.1f} s)")
+          f"{time.perf_counter() - start:.1f} s{processes})")
     if nfe:
         print(f"network evaluations per batch: {', '.join(str(nfe[b]) for b in sorted(nfe))}")
     return 0

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from difflab.commands import positive_float, positive_int
-from difflab.train import distributed
+from difflab import distributed
 from difflab.train.config import ExperimentConfig, load_config
 from difflab.train.trainer import Trainer
 

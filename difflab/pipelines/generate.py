@@ -9,6 +9,7 @@ import torch
 from tqdm import tqdm
 
 from difflab.denoiser import Denoiser
+from difflab.distributed import init_shard
 from difflab.errors import DifflabError
 from difflab.grids import GridKind, make_grid
 from difflab.samplers import get_sampler
@@ -63,3 +64,22 @@ def generate(
         out.append(x.float().cpu())
     bar.close()
     return torch.cat(out)
+
+
+def generate_sharded(denoiser: Denoiser, shape: tuple[int, ...], n: int, *, seed: int = 0, batch: int = 64,
+                     labels: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+    """generate() split by whole batches over the torchrun processes; every process returns all n samples.
+
+    Sample i still uses seed + i and sits in the same batch, so the union equals the single-process result.
+    """
+    if n <= 0:
+        raise DifflabError(f"--n must be > 0, got {n}")
+    if batch <= 0:
+        raise DifflabError(f"--batch must be > 0, got {batch}")
+    shard = init_shard()
+    lo, hi = shard.range(n, batch)
+    part = torch.empty((0, *shape))
+    if hi > lo:
+        part = generate(denoiser, shape, hi - lo, seed=seed + lo, batch=batch,
+                        labels=None if labels is None else labels[lo:hi], **options)
+    return shard.gather(part, n, batch)

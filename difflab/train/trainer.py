@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from difflab.data import Dataset, load_dataset
 from difflab.denoiser import Denoiser
+from difflab.distributed import init_shard
 from difflab.errors import DifflabError
 from difflab.images import save_samples
 from difflab.nets import build_network
@@ -23,7 +24,6 @@ from difflab.pipelines.generate import generate
 from difflab.schedules import DiscreteSchedule
 from difflab.train.checkpoint import load_checkpoint, optimizer_state, save_checkpoint
 from difflab.train.config import ExperimentConfig
-from difflab.train.distributed import init_shard
 from difflab.train.ema import EMA, ema_decay
 from difflab.train.log import append_log, plot_loss, truncate_log
 
@@ -103,7 +103,9 @@ class Trainer:
             config = replace(checkpoint.config, train=replace(checkpoint.config.train, **budget))
         self.data = load_dataset(config.train.data, "train", config.train.data_root, seed=config.train.seed)
         self.config = config if checkpoint else prepare_config(config, self.data)
-        self.shard = init_shard(self.config.train.batch)
+        self.shard = init_shard()
+        if self.config.train.batch % self.shard.world:
+            raise DifflabError(f"--batch {self.config.train.batch} must be divisible by the {self.shard.world} processes")
         self.progress = progress and self.shard.is_main
         torch.manual_seed(self.config.train.seed)
         net = build_network(self.config.network)

@@ -1,0 +1,86 @@
+"""Data parallelism on torch.distributed: which share of the work this process does.
+
+Launched by torchrun (WORLD_SIZE, RANK and the rendezvous come from its environment). In training every
+process draws the same global batch, noise and label dropout from the same seeded streams and keeps its
+contiguous slice, so the averaged gradient equals the single-process gradient of the global batch, and
+optimizer, EMA and RNG states stay identical on all ranks: a checkpoint resumes on any number of processes.
+In sampling each process draws a contiguous range of sample indices (sample i uses seed + i), and the
+gathered union equals the single-process result.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def take(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """This rank's contiguous slice of a global batch (the batch must divide evenly)."""
+        if x is None or self.world == 1:
+            return x
+        return x.chunk(self.world)[self.rank]
+
+    def mean(self, value: float) -> float:
+        """The average of a per-rank number over all ranks."""
+        if self.world == 1:
+            return value
+        total = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(total)
+        return float(total) / self.world
+
+    def range(self, n: int, unit: int = 1) -> tuple[int, int]:
+        """This rank's contiguous range [lo, hi) of n items, cut at multiples of `unit` (a batch), so every item
+        sits in the same batch as in a single-process run (the first ranks take one unit more)."""
+        units = -(-n // unit)
+        size, extra = divmod(units, self.world)
+        first = self.rank * size + min(self.rank, extra)
+        last = first + size + (self.rank < extra)
+        return min(n, first * unit), min(n, last * unit)
+
+    def gather(self, part: torch.Tensor, n: int, unit: int = 1) -> torch.Tensor:
+        """Concatenate every rank's part (rank order, sizes from range(n, unit)) on all ranks."""
+        if self.world == 1:
+            return part
+        bounds = [Shard(r, self.world).range(n, unit) for r in range(self.world)]
+        sizes = [hi - lo for lo, hi in bounds]
+        padded = part.new_zeros((max(sizes), *part.shape[1:]))
+        padded[: len(part)] = part
+        parts = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:size] for p, size in zip(parts, sizes)])
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when it is true on some rank (e.g. the wall-clock budget ran out)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value)
+
+
+def init_shard() -> Shard:
+    """Join the process group torchrun set up (gloo on CPU, nccl on GPU), or run alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Shard()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Shard(dist.get_rank(), world)
+
+
+def close() -> None:
+    """Leave the process group, if this process joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
