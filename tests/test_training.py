@@ -162,3 +162,28 @@ def test_export_keeps_ema_weights_and_config_only(tmp_path):
     assert set(exported.tensors) == {f"model.{k}" for k in full.section("ema")}
     assert all(torch.equal(exported.tensors[f"model.{k}"], v) for k, v in full.section("ema").items())
     assert exported.config == full.config and exported.step == 4
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    Trainer(toy_config(steps=5), tmp_path / "full", progress=False).run()
+    Trainer(toy_config(steps=5, accumulate=4), tmp_path / "parts", progress=False).run()
+    full, parts = _weights(tmp_path / "full" / "checkpoint.safetensors"), _weights(tmp_path / "parts" / "checkpoint.safetensors")
+    for key in full:
+        if key.startswith(("model.", "ema.")):
+            assert torch.allclose(full[key], parts[key], atol=1e-5), key
+
+
+def test_bf16_autocast_trains(tmp_path):
+    Trainer(toy_config(steps=60), tmp_path, progress=False).run()
+    Trainer(toy_config(steps=60, precision="bf16"), tmp_path / "bf16", progress=False).run()
+    fp32 = [json.loads(r)["loss"] for r in (tmp_path / "log.jsonl").read_text().splitlines()]
+    bf16 = [json.loads(r)["loss"] for r in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert bf16[-1] < 0.8 * bf16[0] and abs(bf16[-1] - fp32[-1]) < 0.2 * fp32[-1]
+    assert load_checkpoint(tmp_path / "bf16" / "checkpoint.safetensors").tensors["model.inp.weight"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("train,message", [({"accumulate": 3}, "--batch 256 must be divisible by --accumulate 3"),
+                                           ({"precision": "fp8"}, "--precision must be fp32 or bf16")])
+def test_speed_option_errors(train, message):
+    with pytest.raises(DifflabError, match=message):
+        toy_config(**train)

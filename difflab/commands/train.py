@@ -24,6 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=positive_int("--batch"))
     p.add_argument("--lr", type=positive_float("--lr"))
     p.add_argument("--seed", type=int)
+    p.add_argument("--accumulate", type=positive_int("--accumulate"), help="micro-batches per optimizer step")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 runs forward and loss under autocast")
     p.add_argument("--cond", choices=["none", "class"], help="class-conditional training with label dropout")
     p.add_argument("--out", default="runs/train", help="output folder (checkpoint, log, plots, samples)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.safetensors")
@@ -35,7 +37,8 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
     toy = (args.data or "").startswith("toy:")
     config = load_config(args.config or RECIPES / ("toy.json" if toy else "fashion_mnist.json"))
     overrides = {k: v for k, v in {"data": args.data, "data_root": args.data_root, "batch": args.batch,
-                                   "lr": args.lr, "seed": args.seed, "cond": args.cond}.items() if v is not None}
+                                   "lr": args.lr, "seed": args.seed, "cond": args.cond,
+                                   "accumulate": args.accumulate, "precision": args.precision}.items() if v is not None}
     if args.steps is not None or args.minutes is not None:
         overrides.update(steps=args.steps, minutes=args.minutes)  # a budget given on the command line replaces the recipe's
     return replace(config, train=replace(config.train, **overrides))

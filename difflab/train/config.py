@@ -35,9 +35,11 @@ class TrainConfig:
     sample_every: int = 2000
     checkpoint_every: int = 1000
     sample_steps: int = 50
+    accumulate: int = 1  # micro-batches per optimizer step (each process's share of --batch is split this many ways)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under torch.autocast
 
     def __post_init__(self) -> None:
-        positive = {"batch": self.batch, "log_every": self.log_every, "sample_every": self.sample_every,
+        positive = {"batch": self.batch, "accumulate": self.accumulate, "log_every": self.log_every, "sample_every": self.sample_every,
                     "checkpoint_every": self.checkpoint_every, "sample_steps": self.sample_steps}
         for name, value in positive.items():
             if value <= 0:
@@ -52,6 +54,10 @@ class TrainConfig:
             raise DifflabError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise DifflabError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.precision not in ("fp32", "bf16"):
+            raise DifflabError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if self.batch % self.accumulate:
+            raise DifflabError(f"--batch {self.batch} must be divisible by --accumulate {self.accumulate}")
         if self.cond not in ("none", "class"):
             raise DifflabError(f"--cond must be 'none' or 'class', got {self.cond!r}")
         if not 0 <= self.p_uncond < 1:

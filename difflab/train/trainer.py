@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -166,15 +167,25 @@ class Trainer:
             group["lr"] = learning_rate(self.step, cfg.lr, cfg.warmup)
         timestep, eps = draw_noise(self.denoiser.schedule, tuple(x0.shape), self.generator, dtype=x0.dtype)
         take = self.shard.take  # this process's slice of the global batch and its noise
-        loss = simple_loss(self.train_denoiser, take(x0), take(labels), noise=(take(timestep), take(eps)),
-                           min_snr_gamma=cfg.min_snr_gamma).mean()
+        x0, labels, timestep, eps = take(x0), take(labels), take(timestep), take(eps)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = 0.0
+        micro = len(x0) // cfg.accumulate
+        for k in range(cfg.accumulate):
+            part = slice(k * micro, (k + 1) * micro)
+            last = k == cfg.accumulate - 1
+            sync = contextlib.nullcontext() if last or self.shard.world == 1 else self.train_denoiser.net.no_sync()
+            with sync, torch.autocast("cpu", torch.bfloat16, enabled=cfg.precision == "bf16"):
+                micro_loss = simple_loss(self.train_denoiser, x0[part], None if labels is None else labels[part],
+                                         noise=(timestep[part], eps[part]), min_snr_gamma=cfg.min_snr_gamma)
+                micro_loss = micro_loss.float().mean() / cfg.accumulate  # the mean over the batch, in parts
+            micro_loss.backward()  # DDP averages the accumulated gradients over ranks on the last part
+            loss += micro_loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.net.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.ema.update(self.denoiser.net, ema_decay(self.step, cfg.ema_decay))
         self.step += 1
-        return self.shard.mean(loss.item()), grad_norm.item()
+        return self.shard.mean(loss), grad_norm.item()
 
     def run(self) -> TrainResult:
         """Train until the step or time budget is spent; an interrupt (Ctrl-C, SIGTERM) saves a checkpoint first.
