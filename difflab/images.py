@@ -14,6 +14,10 @@ from PIL import Image
 from difflab.errors import DifflabError
 
 
+_UMASK = os.umask(0)  # read once at import (setting it is process-wide, so never while threads write files)
+os.umask(_UMASK)
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """[N, C, H, W] in [-1, 1] -> uint8 [N, H, W] (one channel) or [N, H, W, C]."""
     images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -39,9 +43,7 @@ def atomic_write(path: str | Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp creates 0600; give the file the mode a plain open() would
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the mode a plain open() would
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -187,3 +187,13 @@ def test_bf16_autocast_trains(tmp_path):
 def test_speed_option_errors(train, message):
     with pytest.raises(DifflabError, match=message):
         toy_config(**train)
+
+
+def test_batch_split_over_processes_and_micro_batches():
+    from difflab.train.trainer import check_batch_split
+
+    check_batch_split(64, 2, 4)
+    with pytest.raises(DifflabError, match="divisible by the 2 processes"):
+        check_batch_split(63, 2, 1)
+    with pytest.raises(DifflabError, match="leaves 3 examples each, which --accumulate 2 cannot split evenly"):
+        check_batch_split(6, 2, 2)

@@ -6,7 +6,6 @@ import contextlib
 import signal
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -50,6 +49,15 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
     return perm[offset * batch: (offset + 1) * batch]
 
 
+def check_batch_split(batch: int, processes: int, accumulate: int) -> None:
+    """Each process trains on batch / processes examples in `accumulate` equal micro-batches: no remainders."""
+    if batch % processes:
+        raise DifflabError(f"--batch {batch} must be divisible by the {processes} processes")
+    if (batch // processes) % accumulate:
+        raise DifflabError(f"--batch {batch} over {processes} process(es) leaves {batch // processes} examples each, "
+                           f"which --accumulate {accumulate} cannot split evenly")
+
+
 def learning_rate(step: int, lr: float, warmup: int) -> float:
     # linear warm-up: lr_t = lr * min(1, (t + 1) / warmup)
     return lr * min(1.0, (step + 1) / max(warmup, 1))
@@ -74,7 +82,7 @@ def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
     return replace(config, network=network, data_shape=data.shape, class_names=class_names)
 
 
-@contextmanager
+@contextlib.contextmanager
 def interrupt_on_sigterm():
     """Turn SIGTERM into KeyboardInterrupt while training, so a stopped job saves its checkpoint first."""
     if threading.current_thread() is not threading.main_thread():
@@ -105,8 +113,7 @@ class Trainer:
         self.data = load_dataset(config.train.data, "train", config.train.data_root, seed=config.train.seed)
         self.config = config if checkpoint else prepare_config(config, self.data)
         self.shard = init_shard()
-        if self.config.train.batch % self.shard.world:
-            raise DifflabError(f"--batch {self.config.train.batch} must be divisible by the {self.shard.world} processes")
+        check_batch_split(self.config.train.batch, self.shard.world, self.config.train.accumulate)
         self.progress = progress and self.shard.is_main
         torch.manual_seed(self.config.train.seed)
         net = build_network(self.config.network)
@@ -147,7 +154,7 @@ class Trainer:
         kind = self.data.kind
         n = 2000 if kind == "points" else 64
         x = generate(ema, self.config.data_shape, n, sampler="ddim", steps=self.config.train.sample_steps,
-                     seed=1234, batch=n if kind == "points" else 64)
+                     seed=1234, batch=n)
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         save_samples(x, path, title=f"{self.data.name}, step {self.step}")
         return path
