@@ -16,27 +16,33 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from difflab.errors import DifflabError
+
+DEVICES = ("cpu", "cuda", "auto")
+
 
 @dataclass(frozen=True)
 class Shard:
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")  # where the collectives' tensors live (a GPU under nccl)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def take(self, x: torch.Tensor | None) -> torch.Tensor | None:
-        """This rank's contiguous slice of a global batch (the batch must divide evenly)."""
+    def take(self, x):
+        """This rank's contiguous slice of a global batch (a tensor, a Condition or None; it must divide evenly)."""
         if x is None or self.world == 1:
             return x
-        return x.chunk(self.world)[self.rank]
+        size = len(x) // self.world
+        return x[self.rank * size: (self.rank + 1) * size]
 
     def mean(self, value: float) -> float:
         """The average of a per-rank number over all ranks."""
         if self.world == 1:
             return value
-        total = torch.tensor([value], dtype=torch.float64)
+        total = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
         return float(total) / self.world
 
@@ -55,29 +61,52 @@ class Shard:
             return part
         bounds = [Shard(r, self.world).range(n, unit) for r in range(self.world)]
         sizes = [hi - lo for lo, hi in bounds]
-        padded = part.new_zeros((max(sizes), *part.shape[1:]))
+        padded = part.new_zeros((max(sizes), *part.shape[1:]), device=self.device)
         padded[: len(part)] = part
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded)
-        return torch.cat([p[:size] for p, size in zip(parts, sizes)])
+        return torch.cat([p[:size] for p, size in zip(parts, sizes)]).to(part.device)
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is true on some rank (e.g. the wall-clock budget ran out)."""
         if self.world == 1:
             return flag
-        value = torch.tensor([int(flag)])
+        value = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value)
 
 
-def init_shard() -> Shard:
-    """Join the process group torchrun set up (gloo on CPU, nccl on GPU), or run alone."""
+def resolve_device(name: str) -> torch.device:
+    """The device of `--device cpu|cuda|auto` (auto: cuda where available) for this process; under torchrun
+    a cuda process uses the GPU numbered by its LOCAL_RANK on its machine."""
+    if name not in DEVICES:
+        raise DifflabError(f"--device must be cpu, cuda or auto, got {name!r}")
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DifflabError(f"--device cuda: no CUDA GPU is available to this torch {torch.__version__}; "
+                           "use --device cpu or auto")
+    local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= visible:
+        raise DifflabError(f"--device cuda: process LOCAL_RANK {local_rank} needs GPU {local_rank}, but this machine "
+                           f"shows {visible}; give torchrun --nproc-per-node {visible} or fewer")
+    return torch.device("cuda", local_rank)
+
+
+def init_shard(device: torch.device | None = None) -> Shard:
+    """Join the process group torchrun set up, or run alone: nccl when this process computes on a GPU (the
+    first call's `device`, from resolve_device), gloo on the CPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Shard()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Shard(dist.get_rank(), world)
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    nccl = dist.get_backend() == "nccl"
+    comm = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    return Shard(dist.get_rank(), world, comm)
 
 
 def close() -> None:

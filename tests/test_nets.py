@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from difflab.conditioning import NULL_LABEL, Condition
 from difflab.errors import DifflabError
 from difflab.nets import build_network, network_config, network_spec
 
@@ -18,12 +19,13 @@ def test_unet_output_starts_at_zero_and_depends_on_time_and_class(tiny_unet_spec
     x = torch.randn(2, 1, 28, 28)
     assert net(x, torch.zeros(2)).abs().max() == 0  # zero-initialised output conv
     for module in net.modules():  # undo the zero initialisation of the residual branches
-        if isinstance(module, torch.nn.Conv2d) and not module.weight.any():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Embedding)) and not module.weight.any():
             torch.nn.init.normal_(module.weight, std=0.1)
-    a = net(x, torch.zeros(2), torch.tensor([1, 2]))
-    assert not torch.allclose(a, net(x, torch.full((2,), 500.0), torch.tensor([1, 2])))
-    assert not torch.allclose(a, net(x, torch.zeros(2), torch.tensor([3, 4])))
-    assert net(x, torch.zeros(2)).shape == x.shape  # labels None uses the null class
+    a = net(x, torch.zeros(2), Condition(torch.tensor([1, 2])))
+    assert not torch.allclose(a, net(x, torch.full((2,), 500.0), Condition(torch.tensor([1, 2]))))
+    assert not torch.allclose(a, net(x, torch.zeros(2), Condition(torch.tensor([3, 4]))))
+    null = net(x, torch.zeros(2))  # no labels: the null class
+    assert torch.equal(null, net(x, torch.zeros(2), Condition(torch.full((2,), NULL_LABEL))))
 
 
 def test_config_round_trip_and_errors(tiny_unet_spec):

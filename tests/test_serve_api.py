@@ -5,12 +5,17 @@ import io
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from difflab.cli import main
+from difflab.conditioning import Condition
+from difflab.guidance import Guidance
+from difflab.images import to_uint8
+from difflab.pipelines.generate import generate
 from difflab.nets import build_network
 from difflab.samplers import SAMPLERS
 from difflab.serve.a1111 import SAMPLER_NAMES, offered_samplers
@@ -22,8 +27,9 @@ from difflab.train.config import ExperimentConfig
 CLASSES = ("Coat", "Bag", "Sneaker")
 
 
-def write_checkpoint(path, class_names=None, timesteps=100):
-    """A randomly initialised tiny U-Net for 16x16 one-channel images (quality is irrelevant here)."""
+def write_checkpoint(path, class_names=None, timesteps=100, randomize=False):
+    """A randomly initialised tiny U-Net for 16x16 one-channel images (quality is irrelevant here); its zero-initialised
+    output layer makes it predict eps = 0 for every class unless `randomize` draws all weights at random."""
     config = ExperimentConfig.from_dict({
         "network": {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
                     "attention_levels": [1], "head_dim": 8, "groups": 4,
@@ -31,7 +37,10 @@ def write_checkpoint(path, class_names=None, timesteps=100):
         "schedule": {"kind": "linear", "timesteps": timesteps},
         "data_shape": [1, 16, 16], "class_names": class_names})
     torch.manual_seed(0)
-    save_checkpoint(path, config, 0, model=build_network(config.network))
+    net = build_network(config.network)
+    for p in net.parameters() if randomize else []:
+        torch.nn.init.normal_(p, std=0.1)
+    save_checkpoint(path, config, 0, model=net)
     return path
 
 
@@ -195,11 +204,37 @@ def test_class_model_takes_a_class_name_as_prompt(class_client):
     assert info["class_label"] is None and unconditional["images"] != coat["images"]
 
 
+def test_class_model_cfg_scale_is_one_plus_the_guidance_weight(tmp_path):
+    path = write_checkpoint(tmp_path / "checkpoint.safetensors", CLASSES, randomize=True)
+    model = load_served_model(path)
+    with TestClient(create_app(model)) as client:
+        guided, info = txt2img(client, prompt="Bag", negative_prompt="coat", cfg_scale=3, batch_size=2)
+        plain, _ = txt2img(client, prompt="Bag", batch_size=2)
+        null_negative, _ = txt2img(client, prompt="Bag", cfg_scale=3, batch_size=2)
+        ignored, ignored_info = txt2img(client, prompt="Bag", negative_prompt="Coat", batch_size=2)
+    assert info["cfg_scale"] == 3 and info["negative_prompt"] == "Coat" and info["warnings"] == []
+    parameters = png(guided["images"][0]).text["parameters"]
+    assert parameters.startswith("Bag\nNegative prompt: Coat\nSteps: 3,") and "CFG scale: 3," in parameters
+    pixels = {name: [np.asarray(png(image)) for image in result["images"]]
+              for name, result in (("guided", guided), ("plain", plain), ("null", null_negative), ("ignored", ignored))}
+    # the same images as generate() with w = cfg_scale - 1 and the negative label (default sampler: Euler a)
+    expected = to_uint8(generate(model.denoiser, model.config.data_shape, 2, sampler="euler_ancestral", steps=3,
+                                 grid="linspace", seed=7, batch=2, cond=Condition(torch.tensor([1, 1])),
+                                 guidance=Guidance(cfg=2.0, negative=Condition(torch.tensor([0])))))
+    assert np.array_equal(np.stack(pixels["guided"]), expected)
+    assert not np.array_equal(pixels["guided"][0], pixels["plain"][0])
+    assert not np.array_equal(pixels["guided"][0], pixels["null"][0])
+    assert np.array_equal(np.stack(pixels["ignored"]), np.stack(pixels["plain"]))
+    assert ignored_info["negative_prompt"] == ""
+    assert ignored_info["warnings"] == ["negative_prompt ignored: it acts only through guidance, with cfg_scale > 1"]
+
+
 @pytest.mark.parametrize("body, field, words", [
     ({"prompt": "a dog"}, "prompt", "prompt must be one class of model class"),
     ({"prompt": "3"}, "prompt", "(a name or 0..2: Coat, Bag, Sneaker)"),
-    ({"prompt": "Bag", "negative_prompt": "Coat"}, "negative_prompt", "needs classifier-free guidance"),
-    ({"prompt": "Bag", "cfg_scale": 5}, "cfg_scale", "is class-conditional, and difflab has no classifier-free"),
+    ({"prompt": "Bag", "negative_prompt": "a cat", "cfg_scale": 3}, "negative_prompt",
+     "negative_prompt must be one class of model class"),
+    ({"prompt": "Bag", "cfg_scale": 0.5}, "cfg_scale", "cfg_scale must lie in 1..30 on model class"),
 ])
 def test_class_model_refuses_what_it_cannot_do(class_client, body, field, words):
     response = class_client.post("/sdapi/v1/txt2img", json=body)

@@ -183,7 +183,7 @@ def test_bf16_autocast_trains(tmp_path):
 
 
 @pytest.mark.parametrize("train,message", [({"accumulate": 3}, "--batch 256 must be divisible by --accumulate 3"),
-                                           ({"precision": "fp8"}, "--precision must be fp32 or bf16")])
+                                           ({"precision": "fp8"}, "--precision must be fp32, bf16 or fp16")])
 def test_speed_option_errors(train, message):
     with pytest.raises(DifflabError, match=message):
         toy_config(**train)

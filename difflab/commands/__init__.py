@@ -9,7 +9,9 @@ import torch
 
 from difflab.errors import DifflabError
 
-BUNDLED_MODEL = Path(__file__).resolve().parent.parent / "assets" / "fashion_mnist" / "model.safetensors"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_MODEL = ASSETS / "fashion_mnist" / "model.safetensors"  # unconditional (the demo's)
+BUNDLED_CONDITIONAL_MODEL = ASSETS / "fashion_mnist_cond" / "model.safetensors"  # classes and text prompts
 
 
 def _positive(name: str, kind: type, noun: str):

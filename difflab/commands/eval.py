@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 
+from difflab.conditioning import Condition
 from difflab import distributed
 from difflab.commands import positive_int, set_threads
+from difflab.commands.guidance_flags import add_guidance_arguments, guidance_from_args, guidance_settings
 from difflab.commands.sample import add_sampling_arguments, sampler_options
 from difflab.data.toy import sample_toy
-from difflab.distributed import Shard, init_shard
+from difflab.distributed import Shard, init_shard, resolve_device
 from difflab.errors import DifflabError
 from difflab.eval.feature_net import IMAGE_SIZE
 from difflab.eval.report import evaluate_images, evaluate_points, format_table
@@ -47,25 +49,29 @@ def register(subparsers) -> None:
                    help="neighbours for precision/recall and the KL estimate (default 3)")
     p.add_argument("--save", help="also write the generated samples to this .npz")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_guidance_arguments(p)
     p.set_defaults(handler=run)
 
 
-def generate_samples(args: argparse.Namespace, shard: Shard) -> tuple[Samples, str | None, dict]:
+def generate_samples(args: argparse.Namespace, shard: Shard, device: torch.device) -> tuple[Samples, str | None, dict]:
     """N samples from the checkpoint (class-balanced labels for a class-conditional one), its data spec and timing."""
     options = sampler_options(args)
     denoiser, checkpoint = load_denoiser(args.source)
+    denoiser = denoiser.to(device)
     config = checkpoint.config
     n = args.n or DEFAULT_GENERATED
-    names = config.class_names
+    guidance, names = guidance_from_args(args, config)
     labels = None if names is None else torch.arange(n) % len(names)
     if config.data_shape not in ((2,), (1, *IMAGE_SIZE)):
         raise DifflabError(f"{args.source}: its samples have shape {list(config.data_shape)}; difflab eval takes "
                            "1x28x28 Fashion-MNIST images or 2-D toy points")
     start = time.perf_counter()
     x = generate_sharded(denoiser, config.data_shape, n, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                         sections=args.sections, seed=args.seed, batch=args.batch, labels=labels, options=options,
-                         progress=shard.is_main)
-    info = {"sampler": args.sampler, "steps": args.steps, "generate_seconds": round(time.perf_counter() - start, 1)}
+                         sections=args.sections, seed=args.seed, batch=args.batch,
+                         cond=None if labels is None else Condition(labels), options=options,
+                         progress=shard.is_main, guidance=guidance)
+    info = {"sampler": args.sampler, "steps": args.steps, **guidance_settings(args),
+            "generate_seconds": round(time.perf_counter() - start, 1)}
     if args.save and shard.is_main:
         save_samples(x, args.save, labels)
     labels = None if labels is None else labels.numpy()
@@ -86,15 +92,19 @@ def run(args: argparse.Namespace) -> int:
     if args.n is not None and args.n < MIN_SAMPLES:
         raise DifflabError(f"--n must be >= {MIN_SAMPLES} for evaluation, got {args.n}")
     from_file = Path(args.source).suffix.lower() == ".npz"
+    if from_file and guidance_settings(args):
+        raise DifflabError(f"--{next(iter(guidance_settings(args))).replace('_', '-')} applies only when sampling "
+                           f"from a checkpoint, not to samples read from {args.source!r}")
     if args.save is not None and (from_file or Path(args.save).suffix.lower() != ".npz"):
         raise DifflabError(f"--save FILE.npz applies only when sampling from a checkpoint, got {args.save!r} "
                            f"for {args.source!r}")
     if from_file:
         samples, data, info = read_samples(args.source).head(args.n), args.data, {}
     else:
-        shard = init_shard()  # under torchrun the processes share the sampling; the main one measures and prints
+        device = resolve_device(args.device)
+        shard = init_shard(device)  # under torchrun the processes share the sampling; the main one measures and prints
         try:
-            samples, data, info = generate_samples(args, shard)
+            samples, data, info = generate_samples(args, shard, device)
         finally:
             distributed.close()
         if not shard.is_main:

@@ -7,14 +7,14 @@ import inspect
 import time
 from pathlib import Path
 
-import torch
-
 from difflab import distributed
-from difflab.commands import BUNDLED_MODEL, positive_int, set_threads
+from difflab.commands import BUNDLED_CONDITIONAL_MODEL, positive_int, set_threads
+from difflab.commands.guidance_flags import add_guidance_arguments, guidance_from_args
 from difflab.errors import DifflabError
-from difflab.distributed import init_shard
+from difflab.distributed import DEVICES, init_shard, resolve_device
 from difflab.grids import GRIDS
 from difflab.images import save_samples
+from difflab.pipelines.conditions import request_condition
 from difflab.pipelines.generate import generate_sharded
 from difflab.samplers import get_sampler
 from difflab.samplers.common import StepInfo
@@ -46,6 +46,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch", type=positive_int("--batch"), default=64)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to sample (default auto: cuda where available); seeds reproduce per device type")
 
 
 # option name -> (is the value allowed, the allowed range in words); choices are checked by argparse
@@ -89,23 +91,17 @@ def sampler_options(args: argparse.Namespace) -> dict:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample from a checkpoint", description=__doc__)
-    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint (default: the bundled model)")
+    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint (default: the bundled conditional model, "
+                                                 "which also samples unconditionally)")
     add_sampling_arguments(p)
     p.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"), default=64,
                    help="number of samples (default 64); spell it --num-samples under torchrun, which takes --n as its own")
-    p.add_argument("--class", dest="label", type=int, help="class index for a class-conditional model")
+    p.add_argument("--class", dest="label", type=int, help="class index for a class-conditional model (or for "
+                                                           "--classifier guidance)")
+    p.add_argument("--prompt", help="text prompt for a text-conditional model, e.g. 'a dark ankle boot'")
     p.add_argument("--out", default="samples.png", help="FILE.png (grid or scatter plot) or FILE.npz")
+    add_guidance_arguments(p)
     p.set_defaults(handler=run)
-
-
-def class_labels(names: tuple[str, ...] | None, label: int | None, n: int) -> torch.Tensor | None:
-    if label is None:
-        return None
-    if names is None:
-        raise DifflabError("--class needs a class-conditional model; this checkpoint is unconditional")
-    if not 0 <= label < len(names):
-        raise DifflabError(f"--class must lie in 0..{len(names) - 1} ({', '.join(names)}), got {label}")
-    return torch.full((n,), label, dtype=torch.long)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,9 +109,14 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() not in (".png", ".npz"):
         raise DifflabError(f"--out must end in .png or .npz, got {args.out!r}")
     options = sampler_options(args)
-    denoiser, checkpoint = load_denoiser(args.checkpoint or BUNDLED_MODEL)
+    device = resolve_device(args.device)
+    denoiser, checkpoint = load_denoiser(args.checkpoint or BUNDLED_CONDITIONAL_MODEL)
+    denoiser = denoiser.to(device)
     config = checkpoint.config
-    labels = class_labels(config.class_names, args.label, args.n)
+    guidance, class_names = guidance_from_args(args, config)
+    cond = request_condition(config, label=args.label, prompt=args.prompt, class_names=class_names)
+    cond = None if cond is None else cond.repeat(args.n)
+    labels = None if cond is None else cond.labels
     nfe: dict[int, int] = {}  # batch -> network evaluations, from samplers that report them (rk45)
 
     def count_nfe(batch: int, step: StepInfo) -> None:
@@ -123,16 +124,18 @@ def run(args: argparse.Namespace) -> int:
             nfe[batch] = step.nfe
 
     start = time.perf_counter()
-    shard = init_shard()  # under torchrun each process draws a range of the samples
+    shard = init_shard(device)  # under torchrun each process draws a range of the samples
     try:
         x = generate_sharded(denoiser, config.data_shape, args.n, sampler=args.sampler, steps=args.steps,
-                             grid=args.grid, sections=args.sections, seed=args.seed, batch=args.batch, labels=labels,
-                             options=options, progress=shard.is_main, callback=count_nfe)
+                             grid=args.grid, sections=args.sections, seed=args.seed, batch=args.batch,
+                             cond=cond,
+                             options=options, progress=shard.is_main, callback=count_nfe, guidance=guidance)
     finally:
         distributed.close()
     if not shard.is_main:
         return 0
-    save_samples(x, args.out, labels, title=f"{args.sampler}, {args.steps} steps")
+    title = f"{args.sampler}, {args.steps} steps"
+    save_samples(x, args.out, labels, title=f"{args.prompt!r}, {title}" if args.prompt else title)
     processes = f" on {shard.world} processes" if shard.world > 1 else ""
     print(f"wrote {args.n} samples to {args.out} ({args.sampler}, {args.steps} steps, "
           f"{time.perf_counter() - start:.1f} s{processes})")

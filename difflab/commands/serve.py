@@ -1,5 +1,5 @@
 """`difflab serve`: the web page and an AUTOMATIC1111-compatible HTTP API over one checkpoint (the bundled
-Fashion-MNIST model by default), on loopback unless --host says otherwise."""
+conditional Fashion-MNIST model by default), on loopback unless --host says otherwise."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import argparse
 import ipaddress
 import sys
 
-from difflab.commands import BUNDLED_MODEL, positive_int, set_threads
+from difflab.commands import BUNDLED_CONDITIONAL_MODEL, positive_int, set_threads
 from difflab.errors import DifflabError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="web page and HTTP API (AUTOMATIC1111-compatible)", description=__doc__)
-    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint (default: the bundled model)")
+    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint (default: the bundled class- and text-"
+                                                 "conditional model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=positive_int("--port"), default=7860, help="TCP port (default 7860)")
     p.add_argument("--api-auth", metavar="USER:PASS", help="require HTTP basic auth for the API and the page")
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise DifflabError(f"--port must lie in 1..65535, got {args.port}")
     if args.queue_size < 0:
         raise DifflabError(f"--queue-size must be >= 0, got {args.queue_size}")
-    model = load_served_model(args.checkpoint or BUNDLED_MODEL)
+    model = load_served_model(args.checkpoint or BUNDLED_CONDITIONAL_MODEL)
     if not is_loopback(args.host) and auth is None:
         print(f"difflab serve: warning: listening on {args.host} without --api-auth; anyone who can reach it can "
               f"use it", file=sys.stderr)

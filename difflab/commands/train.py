@@ -8,6 +8,9 @@ from pathlib import Path
 
 from difflab.commands import positive_float, positive_int
 from difflab import distributed
+from difflab.distributed import DEVICES
+from difflab.objectives import LOSSES
+from difflab.train.conditions import COND_KINDS
 from difflab.train.config import ExperimentConfig, load_config
 from difflab.train.trainer import Trainer
 
@@ -25,8 +28,17 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=positive_float("--lr"))
     p.add_argument("--seed", type=int)
     p.add_argument("--accumulate", type=positive_int("--accumulate"), help="micro-batches per optimizer step")
-    p.add_argument("--precision", choices=["fp32", "bf16"], help="bf16 runs forward and loss under autocast")
-    p.add_argument("--cond", choices=["none", "class"], help="class-conditional training with label dropout")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
+                   help="bf16/fp16 run forward and loss under autocast; fp16 adds dynamic loss scaling")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the network (falls back to eager, with a warning, where compiling fails)")
+    p.add_argument("--device", choices=DEVICES, help="where to train (default auto: cuda where available)")
+    p.add_argument("--cond", choices=COND_KINDS, help="condition on class labels, captions (text) or both, with "
+                                                     "dropout to the null condition (p_uncond in the config)")
+    p.add_argument("--loss", choices=LOSSES, help="simple: L_simple with fixed variance (default); hybrid: "
+                   "L_simple + 0.001 L_vlb with learned variance; vlb: L_vlb with learned variance and importance-"
+                   "sampled t (Nichol & Dhariwal 2021); hybrid and vlb set network.learned_variance")
+    p.add_argument("--init", help="start from this checkpoint's EMA weights (fine-tuning); new layers keep their init")
     p.add_argument("--out", default="runs/train", help="output folder (checkpoint, log, plots, samples)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.safetensors")
     p.set_defaults(handler=run)
@@ -37,11 +49,16 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
     toy = (args.data or "").startswith("toy:")
     config = load_config(args.config or RECIPES / ("toy.json" if toy else "fashion_mnist.json"))
     overrides = {k: v for k, v in {"data": args.data, "data_root": args.data_root, "batch": args.batch,
-                                   "lr": args.lr, "seed": args.seed, "cond": args.cond,
-                                   "accumulate": args.accumulate, "precision": args.precision}.items() if v is not None}
+                                   "lr": args.lr, "seed": args.seed, "cond": args.cond, "init_from": args.init,
+                                   "accumulate": args.accumulate, "precision": args.precision,
+                                   "compile": args.compile, "device": args.device,
+                                   "loss": args.loss}.items() if v is not None}
     if args.steps is not None or args.minutes is not None:
         overrides.update(steps=args.steps, minutes=args.minutes)  # a budget given on the command line replaces the recipe's
-    return replace(config, train=replace(config.train, **overrides))
+    network = config.network
+    if args.loss is not None:  # hybrid and vlb train the variance fraction v (Nichol & Dhariwal 2021, Sec. 3.1)
+        network = replace(network, learned_variance=args.loss != "simple")
+    return replace(config, network=network, train=replace(config.train, **overrides))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,14 +51,15 @@ def plot_fd_vs_nfe(curves: Mapping[str, Sequence[tuple[int, float]]], path: str 
 
 
 def plot_guidance_tradeoff(scales: Sequence[float], fd: Sequence[float], others: Mapping[str, Sequence[float]],
-                           path: str | Path) -> None:
-    """FD against each other metric (e.g. precision, recall, accuracy), one panel each, points labelled by scale."""
+                           path: str | Path, symbol: str = "w") -> None:
+    """FD against each other metric (e.g. precision, recall, accuracy), one panel each, points labelled by scale
+    (`symbol`: w for classifier-free guidance, s for classifier guidance)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(others), figsize=(4.5 * len(others), 4), squeeze=False)
     for ax, (name, values) in zip(axes[0], others.items()):
         ax.plot(values, fd, marker="o")
         for scale, x, y in zip(scales, values, fd):
-            ax.annotate(f"w={scale:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set(xlabel=name, ylabel="FD", title=f"FD vs {name} over guidance scale w")
+            ax.annotate(f"{symbol}={scale:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set(xlabel=name, ylabel="FD", title=f"FD vs {name} over guidance scale {symbol}")
         ax.grid(True, alpha=0.3)
     _save(fig, path)

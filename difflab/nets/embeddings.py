@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from difflab.conditioning import NULL_LABEL
+
 
 def sinusoidal_embedding(timestep: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     # Vaswani et al. 2017 / Ho et al. 2020: [cos(t w_i), sin(t w_i)], w_i = max_period^(-i / (dim/2))
@@ -19,7 +21,7 @@ def sinusoidal_embedding(timestep: torch.Tensor, dim: int, max_period: float = 1
 class TimestepEmbedding(nn.Module):
     """Sinusoidal features of the (continuous) timestep through a two-layer MLP, plus an optional class embedding.
 
-    The class table has num_classes + 1 rows; the last one is the learned null label for unconditional use.
+    The class table has num_classes + 1 rows; the last one is the learned null label (NULL_LABEL or no labels).
     """
 
     def __init__(self, base_dim: int, embed_dim: int, num_classes: int | None = None):
@@ -28,11 +30,13 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(base_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
         self.num_classes = num_classes
         self.class_embedding = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
+        if self.class_embedding is not None:  # zero: adding classes to a trained network starts from its output
+            nn.init.zeros_(self.class_embedding.weight)
 
     def forward(self, timestep: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.mlp(sinusoidal_embedding(timestep, self.base_dim).to(self.mlp[0].weight.dtype))
         if self.class_embedding is not None:
             if labels is None:
-                labels = torch.full((timestep.shape[0],), self.num_classes, device=timestep.device)
-            emb = emb + self.class_embedding(labels)
+                labels = torch.full((timestep.shape[0],), NULL_LABEL, device=timestep.device)
+            emb = emb + self.class_embedding(torch.where(labels == NULL_LABEL, self.num_classes, labels))
         return emb

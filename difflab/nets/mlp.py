@@ -16,6 +16,7 @@ class MLPConfig:
     hidden: int = 128
     depth: int = 3
     num_classes: int | None = None
+    learned_variance: bool = False  # doubles the output: [prediction, v] (Nichol & Dhariwal 2021, Eq. 15)
 
 
 class MLPBlock(nn.Module):
@@ -31,7 +32,7 @@ class MLPBlock(nn.Module):
 
 
 class MLPDenoiserNet(nn.Module):
-    """net(x_t [B, D], timestep [B], labels) -> prediction [B, D]."""
+    """net(x_t [B, D], timestep [B], cond) -> prediction [B, D]; cond may carry class labels."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()
@@ -39,10 +40,11 @@ class MLPDenoiserNet(nn.Module):
         self.embed = TimestepEmbedding(config.hidden, config.hidden, config.num_classes)
         self.inp = nn.Linear(config.dim, config.hidden)
         self.blocks = nn.ModuleList(MLPBlock(config.hidden) for _ in range(config.depth))
-        self.out = nn.Linear(config.hidden, config.dim)  # no final norm: the residual stream keeps the input's scale
+        out_dim = config.dim * (2 if config.learned_variance else 1)
+        self.out = nn.Linear(config.hidden, out_dim)  # no final norm: the residual stream keeps the input's scale
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        emb = nn.functional.silu(self.embed(timestep, labels))
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        emb = nn.functional.silu(self.embed(timestep, None if cond is None else cond.labels))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

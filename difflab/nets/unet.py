@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.errors import DifflabError
+from difflab.conditioning import Condition
+from difflab.nets.attention import CrossAttention, SelfAttention, TextContext
 from difflab.nets.embeddings import TimestepEmbedding
 
 
@@ -24,6 +26,8 @@ class UNetConfig:
     groups: int = 8
     dropout: float = 0.0
     num_classes: int | None = None
+    text_dim: int | None = None  # width of the text encoder's tokens; enables cross-attention
+    learned_variance: bool = False  # doubles the output channels: [prediction, v] (Nichol & Dhariwal 2021, Eq. 15)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
@@ -58,28 +62,8 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over the H*W positions through scaled_dot_product_attention."""
-
-    def __init__(self, channels: int, head_dim: int, groups: int):
-        super().__init__()
-        self.heads = max(1, channels // head_dim)
-        self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(B, 3, self.heads, C // self.heads, H * W)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each [B, heads, HW, C/heads]
-        h = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(d)) v
-        return x + self.proj(h.transpose(-1, -2).reshape(B, C, H, W))
-
-
 class Level(nn.Module):
-    """Residual blocks of one resolution, each optionally followed by self-attention."""
+    """Residual blocks of one resolution, each optionally followed by self-attention and cross-attention."""
 
     def __init__(self, c_ins: list[int], c_out: int, embed_dim: int, config: UNetConfig, attention: bool):
         super().__init__()
@@ -87,10 +71,23 @@ class Level(nn.Module):
         self.attns = nn.ModuleList(
             SelfAttention(c_out, config.head_dim, config.groups) if attention else nn.Identity() for _ in c_ins
         )
+        text = attention and config.text_dim is not None
+        self.cross_attns = nn.ModuleList(
+            CrossAttention(c_out, config.text_dim, config.head_dim, config.groups) for _ in (c_ins if text else [])
+        )
+
+    def run(self, k: int, h: torch.Tensor, emb: torch.Tensor, context) -> torch.Tensor:
+        """Block k: residual block, self-attention, then cross-attention to the text if there is any."""
+        h = self.attns[k](self.blocks[k](h, emb))
+        return self.cross_attns[k](h, *context) if len(self.cross_attns) else h
 
 
 class UNet(nn.Module):
-    """net(x_t [B, C, H, W], timestep [B], labels [B] | None) -> prediction [B, C_out, H, W]; any H, W."""
+    """net(x_t [B, C, H, W], timestep [B], cond) -> prediction [B, C_out, H, W]; any H, W.
+
+    cond may carry class labels (embedding added to the time embedding) and text (pooled vector added to the
+    time embedding; tokens attended to by cross-attention at the attention levels and in the middle).
+    """
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -99,6 +96,7 @@ class UNet(nn.Module):
         embed_dim = 4 * ch
         widths = [ch * m for m in config.channel_mult]
         self.embed = TimestepEmbedding(ch, embed_dim, config.num_classes)
+        self.text = TextContext(config.text_dim, embed_dim) if config.text_dim else None
         self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
 
         skip_widths = [ch]
@@ -116,6 +114,7 @@ class UNet(nn.Module):
 
         self.mid1 = ResBlock(c, c, embed_dim, config.groups, config.dropout)
         self.mid_attn = SelfAttention(c, config.head_dim, config.groups)
+        self.mid_cross_attn = CrossAttention(c, config.text_dim, config.head_dim, config.groups) if config.text_dim else None
         self.mid2 = ResBlock(c, c, embed_dim, config.groups, config.dropout)
 
         self.up = nn.ModuleList()
@@ -131,25 +130,34 @@ class UNet(nn.Module):
                 self.upsample.append(nn.Conv2d(c, c, 3, padding=1))
 
         self.norm_out = nn.GroupNorm(config.groups, c)
-        self.conv_out = nn.Conv2d(c, config.out_channels or config.in_channels, 3, padding=1)
+        out_channels = (config.out_channels or config.in_channels) * (2 if config.learned_variance else 1)
+        self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        emb = F.silu(self.embed(timestep, labels))
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        emb = self.embed(timestep, None if cond is None else cond.labels)
+        context = None
+        if self.text is not None:
+            tokens, mask, pooled = self.text(None if cond is None else cond.text, x.shape[0], x.device, emb.dtype)
+            emb, context = emb + pooled, (tokens, mask)
+        emb = F.silu(emb)
         h = self.conv_in(x)
         skips = [h]
         for level, stage in enumerate(self.down):
-            for block, attn in zip(stage.blocks, stage.attns):
-                h = attn(block(h, emb))
+            for k in range(len(stage.blocks)):
+                h = stage.run(k, h, emb, context)
                 skips.append(h)
             if level < len(self.downsample):
                 h = self.downsample[level](h)
                 skips.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
+        h = self.mid_attn(self.mid1(h, emb))
+        if self.mid_cross_attn is not None:
+            h = self.mid_cross_attn(h, *context)
+        h = self.mid2(h, emb)
         for i, stage in enumerate(self.up):
-            for block, attn in zip(stage.blocks, stage.attns):
-                h = attn(block(torch.cat([h, skips.pop()], dim=1), emb))
+            for k in range(len(stage.blocks)):
+                h = stage.run(k, torch.cat([h, skips.pop()], dim=1), emb, context)
             if i < len(self.upsample):
                 h = F.interpolate(h, size=skips[-1].shape[-2:], mode="nearest")
                 h = self.upsample[i](h)

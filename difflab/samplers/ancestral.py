@@ -6,32 +6,56 @@ from typing import Literal
 
 import torch
 
+from difflab.errors import DifflabError
 from difflab.samplers import register
-from difflab.samplers.common import Callback, Generator, add_noise, ancestral_step, report, sigma_batch
+from difflab.samplers.common import (
+    Callback, Generator, add_noise, ancestral_step, randn_like, report, sigma_batch,
+)
 
 
 @register("ddpm", order=1, stochastic=True, nfe_per_step=1)
 @torch.no_grad()
 def sample_ddpm(
     denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
-    variance: Literal["beta_tilde", "beta"] = "beta_tilde",
+    variance: Literal["learned", "beta_tilde", "beta"] | None = None,
 ) -> torch.Tensor:
-    """DDPM ancestral sampling from the posterior q(x_s | x_t, x0_hat) (Ho et al. 2020, Alg. 2)."""
+    """DDPM ancestral sampling from the posterior q(x_s | x_t, x0_hat) (Ho et al. 2020, Alg. 2).
+
+    variance: None (default) takes the model's learned variance where its with_variance(x, sigma) returns v and
+    beta_tilde otherwise; "beta_tilde" or "beta" fixes it even for a learned-variance model; "learned" requires v.
+    A denoiser with mean_shift(x, sigma, sigma_next, variance) (ancestral classifier guidance, difflab.guidance)
+    has the mean of each noisy step moved by it.
+    """
+    if variance not in (None, "learned", "beta_tilde", "beta"):
+        raise DifflabError(f"--variance must be learned, beta_tilde or beta, got {variance!r}")
+    mean_shift = getattr(denoiser, "mean_shift", None)
+    with_variance = getattr(denoiser, "with_variance", None) if variance in (None, "learned") else None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        x0_hat = denoiser(x, sigma_batch(sigma, x))
+        sigma_b = sigma_batch(sigma, x)
+        x0_hat, v = with_variance(x, sigma_b) if with_variance is not None else (denoiser(x, sigma_b), None)
+        if variance == "learned" and v is None:
+            raise DifflabError("--variance learned needs a model trained with learned variance (--loss hybrid or vlb)")
         report(callback, i, sigmas, x, x0_hat)
         ratio = (sigma_next / sigma) ** 2
         # Ho et al. 2020, Eq. 7 in VE coordinates: mu_tilde = x0 + (sigma_s^2 / sigma_t^2) (x_t - x0)
-        x = x0_hat + ratio * (x - x0_hat)
+        mu_tilde = x0_hat + ratio * (x - x0_hat)
         if sigma_next > 0:
-            if variance == "beta_tilde":
-                # beta_tilde / alpha_bar_s = sigma_s^2 (1 - sigma_s^2 / sigma_t^2)
-                std = sigma_next * torch.sqrt(1 - ratio)
+            # beta_tilde / alpha_bar_s = sigma_s^2 (1 - sigma_s^2 / sigma_t^2)
+            small = sigma_next**2 * (1 - ratio)
+            # beta / alpha_bar_s = (sigma_t^2 - sigma_s^2)(1 + sigma_s^2) / (1 + sigma_t^2)
+            large = (sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2)
+            if v is not None:
+                # Nichol & Dhariwal 2021, Eq. 15 between this step's bounds (their Sec. 4 rule on a respaced grid)
+                var = torch.exp(v * large.log() + (1 - v) * small.log())
             else:
-                # beta / alpha_bar_s = (sigma_t^2 - sigma_s^2)(1 + sigma_s^2) / (1 + sigma_t^2)
-                std = torch.sqrt((sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2))
-            x = add_noise(x, std, generator)
+                var = large if variance == "beta" else small
+            if mean_shift is not None:
+                # Dhariwal & Nichol 2021, Alg. 1: mu + s Sigma grad log p(y | x_t), the gradient taken at x_t
+                mu_tilde = mu_tilde + mean_shift(x, sigma_b, sigma_batch(sigma_next, x), var)
+            x = mu_tilde + var.sqrt().to(x.dtype) * randn_like(x, generator)
+        else:
+            x = mu_tilde
     return x
 
 

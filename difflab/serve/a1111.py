@@ -86,13 +86,14 @@ def resolve_sampler(name: str | None, scheduler: str | None) -> tuple[SamplerNam
 
 
 def infotext(*, prompt: str, steps: int, sampler: str, scheduler: str | None, cfg_scale: float,
-             seed: int, width: int, height: int, model_name: str, model_hash: str) -> str:
-    """The UI's `parameters` text: the prompt, then one line of "Key: value" settings (no negative prompt: difflab
-    has no guidance yet)."""
+             seed: int, width: int, height: int, model_name: str, model_hash: str, negative_prompt: str = "") -> str:
+    """The UI's `parameters` text: the prompt, a "Negative prompt: ..." line when there is one, then one line of
+    "Key: value" settings."""
     settings = {"Steps": steps, "Sampler": sampler, "Schedule type": scheduler, "CFG scale": f"{cfg_scale:g}",
                 "Seed": seed, "Size": f"{width}x{height}", "Model hash": model_hash, "Model": model_name}
     line = ", ".join(f"{key}: {value}" for key, value in settings.items() if value not in (None, "Automatic"))
-    return f"{prompt}\n{line}".strip()
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    return f"{prompt}{negative}\n{line}".strip()
 
 
 def png_base64(image: np.ndarray, parameters: str | None = None) -> str:

@@ -28,10 +28,12 @@ USAGE = """\
   working, but ignores them: the images say nothing about the prompt (it is left out of their `parameters` text) and
   `info.warnings` says it was ignored. A class-conditional model takes one class name (or index) as `prompt`, or an
   empty prompt for an unconditional sample; other text is refused with 422.
-- **Refused with 422**, naming the field: `cfg_scale` other than 1 and a non-empty `negative_prompt` on a
-  class-conditional model (difflab has no classifier-free guidance yet), `cfg_scale` other than 1 on an unconditional
-  model, `width`/`height` other than the model's, unknown sampler or scheduler names, and img2img / inpainting
-  (no such pipeline yet).
+- **Guidance.** On a class-conditional model `cfg_scale` is the UI's classifier-free guidance scale 1 + w (1 is no
+  guidance, 7 means w = 6), and `negative_prompt` may name a class to steer away from instead of the unconditional
+  model; it acts only with `cfg_scale` > 1.
+- **Refused with 422**, naming the field: `cfg_scale` below 1 on a class-conditional model, `cfg_scale` other than 1
+  on an unconditional model, a `negative_prompt` that is not a class of a class-conditional model, `width`/`height`
+  other than the model's, unknown sampler or scheduler names, and img2img / inpainting (no such pipeline yet).
 - Other fields of that API are accepted; any that asks for something is listed in `info.warnings` as ignored.
 - **Seeds.** Image i of a request uses `seed + i`, so a seed and the same settings give byte-identical PNGs.
 - **Load.** One generation runs at a time; a few more wait; beyond that the answer is 503 with Retry-After.
@@ -52,7 +54,7 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
 
     app = FastAPI(title="difflab", version=__version__, lifespan=lifespan,
                   description=f"Serving model **{model.name}** ({model.width}x{model.height}, "
-                              f"{'unconditional' if model.class_names is None else 'class-conditional'}). "
+                              f"{ {'none': 'unconditional', 'class': 'class-conditional', 'text': 'text prompts'}[model.conditioning]}). "
                               "A subset of the AUTOMATIC1111 web UI API; the web page is at /.\n\n" + USAGE)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if auth is not None:
@@ -123,7 +125,7 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
     @app.get("/difflab/v1/model", response_model=ModelInfo)
     async def model_info() -> dict:
         """What the web page needs: conditioning, class names and image size."""
-        return {"name": model.name, "conditioning": "none" if model.class_names is None else "class",
+        return {"name": model.name, "conditioning": model.conditioning,
                 "class_names": model.class_names, "width": model.width, "height": model.height,
                 "channels": model.channels}
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
+from difflab.pipelines.conditions import accepts_class, accepts_text
+from difflab.text.encoder import text_encoder
 from difflab.train.checkpoint import load_denoiser
 from difflab.train.config import ExperimentConfig
 
@@ -27,6 +29,11 @@ class ServedModel:
     @property
     def class_names(self) -> tuple[str, ...] | None:
         return self.config.class_names
+
+    @property
+    def conditioning(self) -> str:
+        """What a prompt is to this model: 'none' (ignored), 'class' (a class name) or 'text' (free text)."""
+        return "text" if accepts_text(self.config) else "class" if accepts_class(self.config) else "none"
 
     @property
     def channels(self) -> int:
@@ -51,4 +58,6 @@ def load_served_model(path: str | Path) -> ServedModel:
                            f"[channels 1 or 3, height, width]")
     # checkpoint.safetensors / model.safetensors are named by their folder
     name = path.parent.name if path.stem in ("checkpoint", "model") else path.stem
+    if accepts_text(checkpoint.config):
+        text_encoder()  # load the prompt encoder now rather than in the first request
     return ServedModel(denoiser, checkpoint.config, name, path.name, hashlib.sha256(path.read_bytes()).hexdigest())

@@ -30,10 +30,12 @@ class Txt2ImgRequest(BaseModel):
 
     prompt: str = Field("", max_length=MAX_PROMPT, description="class name on a class-conditional model; an "
                         "unconditional model ignores it and says so in info.warnings")
-    negative_prompt: str = Field("", max_length=MAX_PROMPT, description="needs guidance; ignored (with a warning) "
-                                 "by an unconditional model")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT, description="class-conditional model: a class that "
+                                 "classifier-free guidance steers away from (cfg_scale > 1); ignored (with a "
+                                 "warning) by an unconditional model")
     steps: int = Field(20, ge=1, le=MAX_STEPS, description="sampler steps")
-    cfg_scale: float | None = Field(None, ge=0, le=30, description="guidance scale; 1 (the default) is no guidance")
+    cfg_scale: float | None = Field(None, ge=0, le=30, description="classifier-free guidance scale 1 + w; 1 (the "
+                                    "default) is no guidance, and the only value an unconditional model takes")
     sampler_name: str | None = Field(None, description="a name from GET /sdapi/v1/samplers (default: the first)")
     sampler_index: str | None = Field(None, description="older clients' field for sampler_name")
     scheduler: str | None = Field(None, description="Automatic, Uniform, Karras or Exponential")
@@ -102,7 +104,7 @@ class ModelInfo(BaseModel):
     """GET /difflab/v1/model: what the web page needs to lay out its form."""
 
     name: str
-    conditioning: str = Field(description="'none' or 'class'")
+    conditioning: str = Field(description="'none', 'class' (the prompt is a class name) or 'text' (free text)")
     class_names: list[str] | None
     width: int
     height: int

@@ -7,12 +7,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from difflab.distributed import DEVICES
 from difflab.errors import DifflabError
 from difflab.nets import network_config, network_spec
 from difflab.nets.mlp import MLPConfig
 from difflab.nets.unet import UNetConfig
+from difflab.objectives import LOSSES, LossKind
 from difflab.prediction import Prediction, check_prediction
 from difflab.schedules import ScheduleConfig
+from difflab.train.conditions import COND_KINDS, CondKind
 
 
 @dataclass(frozen=True)
@@ -28,15 +31,20 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # with warm-up: decay_t = min(ema_decay, (1 + t) / (10 + t))
     min_snr_gamma: float | None = None
-    cond: Literal["none", "class"] = "none"
-    p_uncond: float = 0.1  # label dropout for class conditioning
+    cond: CondKind = "none"
+    p_uncond: float = 0.1  # condition dropout: the share of examples trained on the null condition
     seed: int = 0
+    init_from: str | None = None  # start from this checkpoint's EMA weights (fine-tuning); new layers keep their init
     log_every: int = 50
     sample_every: int = 2000
     checkpoint_every: int = 1000
     sample_steps: int = 50
     accumulate: int = 1  # micro-batches per optimizer step (each process's share of --batch is split this many ways)
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: forward and loss under torch.autocast
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: forward and loss under torch.autocast
+    compile: bool = False  # torch.compile the network (eager, with a warning, where that fails); per run
+    device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: cuda where available; per run (--resume may change it)
+    loss: LossKind = "simple"  # simple: L_simple; hybrid: L_simple + vlb_weight L_vlb; vlb: L_vlb, t importance-sampled
+    vlb_weight: float = 0.001  # lambda of L_hybrid (Nichol & Dhariwal 2021, Sec. 3.1)
 
     def __post_init__(self) -> None:
         positive = {"batch": self.batch, "accumulate": self.accumulate, "log_every": self.log_every, "sample_every": self.sample_every,
@@ -54,14 +62,20 @@ class TrainConfig:
             raise DifflabError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.ema_decay < 1:
             raise DifflabError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.precision not in ("fp32", "bf16"):
-            raise DifflabError(f"--precision must be fp32 or bf16, got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise DifflabError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.device not in DEVICES:
+            raise DifflabError(f"--device must be cpu, cuda or auto, got {self.device!r}")
         if self.batch % self.accumulate:
             raise DifflabError(f"--batch {self.batch} must be divisible by --accumulate {self.accumulate}")
-        if self.cond not in ("none", "class"):
-            raise DifflabError(f"--cond must be 'none' or 'class', got {self.cond!r}")
+        if self.cond not in COND_KINDS:
+            raise DifflabError(f"--cond must be one of {', '.join(COND_KINDS)}, got {self.cond!r}")
         if not 0 <= self.p_uncond < 1:
             raise DifflabError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
+        if self.loss not in LOSSES:
+            raise DifflabError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not self.vlb_weight > 0:
+            raise DifflabError(f"vlb_weight must be > 0, got {self.vlb_weight}")
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,14 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data_shape: tuple[int, ...] = (1, 28, 28)  # one example, filled in from the data set
     class_names: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        learned = self.network.learned_variance
+        if self.train.loss == "hybrid" and not learned:
+            raise DifflabError("train.loss 'hybrid' trains a learned variance: set network.learned_variance to true")
+        if self.train.loss == "simple" and learned:
+            raise DifflabError("network.learned_variance needs train.loss 'hybrid' or 'vlb' "
+                               "(L_simple does not train it)")
 
     def to_dict(self) -> dict[str, Any]:
         return {

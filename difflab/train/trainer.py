@@ -14,18 +14,23 @@ from tqdm import tqdm
 
 from difflab.data import Dataset, load_dataset
 from difflab.denoiser import Denoiser
-from difflab.distributed import init_shard
+from difflab.distributed import init_shard, resolve_device
 from difflab.errors import DifflabError
 from difflab.images import save_samples
 from difflab.nets import build_network
 from difflab.nets.mlp import MLPConfig
-from difflab.objectives import draw_noise, simple_loss
+from difflab.objectives import draw_noise, training_loss
 from difflab.pipelines.generate import generate
 from difflab.schedules import DiscreteSchedule
-from difflab.train.checkpoint import load_checkpoint, optimizer_state, save_checkpoint
+from difflab.train.checkpoint import (init_weights, load_checkpoint, load_scaler_state, optimizer_state,
+                                      save_checkpoint)
+from difflab.text.encoder import TEXT_DIM
+from difflab.train.conditions import TrainingConditions
 from difflab.train.config import ExperimentConfig
 from difflab.train.ema import EMA, ema_decay
+from difflab.train.importance import LossHistorySampler
 from difflab.train.log import append_log, plot_loss, truncate_log
+from difflab.train.speed import CompiledNetwork, autocast, grad_scaler
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -64,7 +69,7 @@ def learning_rate(step: int, lr: float, warmup: int) -> float:
 
 
 def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
-    """Fill in the data shape and, for class conditioning, the class table and the network's label embedding."""
+    """Fill in the data shape and, for conditioning, the class table, label embedding and text width."""
     network = config.network
     if isinstance(network, MLPConfig) != (data.kind == "points"):
         raise DifflabError(f"network.kind 'mlp' is for 2-D points and 'unet' for images; data {data.name!r} "
@@ -74,11 +79,17 @@ def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
     if not isinstance(network, MLPConfig) and network.in_channels != data.shape[0]:
         network = replace(network, in_channels=data.shape[0], out_channels=None)
     class_names = None
-    if config.train.cond == "class":
+    cond = config.train.cond
+    if cond != "none":
         if data.labels is None:
-            raise DifflabError(f"--cond class needs labels, and data {data.name!r} has none")
+            raise DifflabError(f"--cond {cond} needs labels, and data {data.name!r} has none")
         class_names = data.class_names
+    if "class" in cond:
         network = replace(network, num_classes=data.num_classes)
+    if "text" in cond:
+        if isinstance(network, MLPConfig):
+            raise DifflabError(f"--cond {cond} needs a unet network (cross-attention), not an mlp")
+        network = replace(network, text_dim=TEXT_DIM)
     return replace(config, network=network, data_shape=data.shape, class_names=class_names)
 
 
@@ -108,22 +119,34 @@ class Trainer:
             if not path.is_file():
                 raise DifflabError(f"--resume: no checkpoint at {path}")
             checkpoint = load_checkpoint(path)
-            budget = {"steps": config.train.steps, "minutes": config.train.minutes}
-            config = replace(checkpoint.config, train=replace(checkpoint.config.train, **budget))
+            # the budget, the device and --compile come from this run, the rest of the recipe from the checkpoint
+            per_run = {"steps": config.train.steps, "minutes": config.train.minutes, "device": config.train.device,
+                       "compile": config.train.compile}
+            config = replace(checkpoint.config, train=replace(checkpoint.config.train, **per_run))
         self.data = load_dataset(config.train.data, "train", config.train.data_root, seed=config.train.seed)
         self.config = config if checkpoint else prepare_config(config, self.data)
-        self.shard = init_shard()
+        self.device = resolve_device(self.config.train.device)
+        self.shard = init_shard(self.device)
         check_batch_split(self.config.train.batch, self.shard.world, self.config.train.accumulate)
         self.progress = progress and self.shard.is_main
         torch.manual_seed(self.config.train.seed)
         net = build_network(self.config.network)
+        if checkpoint is None and self.config.train.init_from:
+            new = init_weights(net, self.config.train.init_from)
+            if self.shard.is_main:
+                print(f"initialised from {self.config.train.init_from}; {len(new)} new tensors keep their init")
         if self.data.kind == "image":
             net = net.to(memory_format=torch.channels_last)  # about 10% faster convolutions on CPU
+        net = net.to(self.device)  # initialised on the CPU from the seed, so every device starts alike
         self.denoiser = Denoiser(net, DiscreteSchedule(self.config.schedule), self.config.prediction)
         self.ema = EMA(net)
         self.optimizer = torch.optim.AdamW(net.parameters(), lr=self.config.train.lr,
                                            weight_decay=self.config.train.weight_decay)
-        self.generator = torch.Generator().manual_seed(self.config.train.seed)
+        self.generator = torch.Generator().manual_seed(self.config.train.seed)  # on the CPU whatever the device
+        self.scaler = grad_scaler(self.device, self.config.train.precision)
+        self.conditions = TrainingConditions(self.config.train.cond, self.config.train.p_uncond, self.data)
+        # L_vlb draws t by importance from the per-t loss history (Nichol & Dhariwal 2021, Sec. 3.3)
+        self.t_sampler = LossHistorySampler(self.config.schedule.timesteps) if self.config.train.loss == "vlb" else None
         self.step = 0
         if checkpoint is not None:
             net.load_state_dict(checkpoint.section("model"))
@@ -131,21 +154,34 @@ class Trainer:
             self.optimizer.load_state_dict(optimizer_state(checkpoint))
             self.generator.set_state(checkpoint.tensors["rng.noise"])
             torch.set_rng_state(checkpoint.tensors["rng.torch"])
+            if self.device.type == "cuda" and "rng.cuda" in checkpoint.tensors:
+                torch.cuda.set_rng_state(checkpoint.tensors["rng.cuda"], self.device)
+            load_scaler_state(checkpoint, self.scaler)
+            if self.t_sampler is not None:
+                self.t_sampler.load_state_dict(checkpoint.section("importance"))
             self.step = checkpoint.step
             if self.shard.is_main:
                 truncate_log(self.out / "log.jsonl", self.step)
-        # the loss runs through DistributedDataParallel, which averages gradients over ranks in backward
-        self.train_denoiser = self.denoiser if self.shard.world == 1 else Denoiser(
-            torch.nn.parallel.DistributedDataParallel(net), self.denoiser.schedule, self.denoiser.prediction)
+        # the loss runs through the compiled network under --compile, and through DistributedDataParallel, which
+        # averages gradients over ranks in backward; checkpoints save `net` itself
+        train_net = CompiledNetwork(net, warn=self.shard.is_main) if self.config.train.compile else net
+        if self.shard.world > 1:
+            train_net = torch.nn.parallel.DistributedDataParallel(
+                train_net, device_ids=None if self.device.type == "cpu" else [self.device])
+        self.train_denoiser = Denoiser(train_net, self.denoiser.schedule, self.denoiser.prediction,
+                                       self.denoiser.learned_variance)
 
     def save(self) -> Path:
         """Write the checkpoint (on the main process only: every rank holds the same state)."""
         path = self.out / CHECKPOINT
         if not self.shard.is_main:
             return path
+        rng = {"noise": self.generator.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)  # dropout on the GPU draws from it
         save_checkpoint(path, self.config, self.step, model=self.denoiser.net, ema=self.ema.model,
-                        optimizer=self.optimizer,
-                        rng={"noise": self.generator.get_state(), "torch": torch.get_rng_state()})
+                        optimizer=self.optimizer, rng=rng, scaler=self.scaler,
+                        sections=None if self.t_sampler is None else {"importance": self.t_sampler.state_dict()})
         return path
 
     def sample_grid(self) -> Path:
@@ -161,37 +197,50 @@ class Trainer:
 
     def train_step(self) -> tuple[float, float]:
         cfg = self.config.train
-        x0, labels = self.data.batch(batch_indices(len(self.data), cfg.batch, self.step, cfg.seed))
+        index = batch_indices(len(self.data), cfg.batch, self.step, cfg.seed)
+        x0, labels = self.data.batch(index)
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        if cfg.cond == "class":
-            # label dropout: with probability p_uncond use the null label (index num_classes)
-            drop = torch.rand(labels.shape, generator=self.generator) < cfg.p_uncond
-            labels = torch.where(drop, self.config.network.num_classes, labels)
-        else:
-            labels = None
+        cond = self.conditions(index, labels, self.generator)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, cfg.lr, cfg.warmup)
-        timestep, eps = draw_noise(self.denoiser.schedule, tuple(x0.shape), self.generator, dtype=x0.dtype)
+        timestep, eps = draw_noise(self.denoiser.schedule, tuple(x0.shape), self.generator, dtype=x0.dtype,
+                                   t_sampler=self.t_sampler)
+        # importance weights 1 / (T p_t) keep the L_vlb estimate unbiased (Nichol & Dhariwal 2021, Eq. 18)
+        weights = None if self.t_sampler is None else self.t_sampler.weights(timestep).float()
+        global_timestep = timestep
         take = self.shard.take  # this process's slice of the global batch and its noise
-        x0, labels, timestep, eps = take(x0), take(labels), take(timestep), take(eps)
+        x0, cond, timestep, eps, weights = take(x0), take(cond), take(timestep), take(eps), take(weights)
+        x0, timestep, eps = x0.to(self.device), timestep.to(self.device), eps.to(self.device)
+        cond = None if cond is None else cond.to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = 0.0
+        loss, per_sample = 0.0, []
         micro = len(x0) // cfg.accumulate
         for k in range(cfg.accumulate):
             part = slice(k * micro, (k + 1) * micro)
             last = k == cfg.accumulate - 1
             sync = contextlib.nullcontext() if last or self.shard.world == 1 else self.train_denoiser.net.no_sync()
-            with sync, torch.autocast("cpu", torch.bfloat16, enabled=cfg.precision == "bf16"):
-                micro_loss = simple_loss(self.train_denoiser, x0[part], None if labels is None else labels[part],
-                                         noise=(timestep[part], eps[part]), min_snr_gamma=cfg.min_snr_gamma)
-                micro_loss = micro_loss.float().mean() / cfg.accumulate  # the mean over the batch, in parts
-            micro_loss.backward()  # DDP averages the accumulated gradients over ranks on the last part
+            with sync, autocast(self.device, cfg.precision):
+                micro_loss = training_loss(
+                    cfg.loss, self.train_denoiser, x0[part], None if cond is None else cond[part],
+                    noise=(timestep[part], eps[part]), min_snr_gamma=cfg.min_snr_gamma, vlb_weight=cfg.vlb_weight,
+                    decoder="discretized" if self.data.kind == "image" else "gaussian").float()
+                if weights is not None:
+                    per_sample.append(micro_loss.detach())
+                    micro_loss = micro_loss * weights[part].to(micro_loss.device)
+                micro_loss = micro_loss.mean() / cfg.accumulate  # the mean over the batch, in parts
+            self.scaler.scale(micro_loss).backward()  # DDP averages the accumulated gradients on the last part
             loss += micro_loss.item()
+        if self.t_sampler is not None:  # every rank adds the whole global batch's losses, in order
+            self.t_sampler.update(global_timestep, self.shard.gather(torch.cat(per_sample), cfg.batch))
+        self.scaler.unscale_(self.optimizer)  # fp16: clip the true gradients, not the loss-scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(self.denoiser.net.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.ema.update(self.denoiser.net, ema_decay(self.step, cfg.ema_decay))
-        self.step += 1
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # fp16: skipped when a gradient is inf/nan, and the scale halves
+        self.scaler.update()
+        if self.scaler.get_scale() >= scale:  # not skipped: a skipped step makes no new iterate to average in
+            self.ema.update(self.denoiser.net, ema_decay(self.step, cfg.ema_decay))
+        self.step += 1  # the step (data order, noise, lr) advances either way, so resume stays exact
         return self.shard.mean(loss), grad_norm.item()
 
     def run(self) -> TrainResult:

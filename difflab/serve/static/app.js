@@ -22,7 +22,7 @@ async function init() {
     const [info, samplers] = await Promise.all([api("/difflab/v1/model"), api("/sdapi/v1/samplers")]);
     model = info;
     $("model").textContent = `${info.name} · ${info.width}×${info.height}` +
-      (info.conditioning === "class" ? ` · ${info.class_names.length} classes` : " · unconditional");
+      {class: ` · ${(info.class_names || []).length} classes`, text: " · text prompts", none: " · unconditional"}[info.conditioning];
     for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
     $("steps").max = info.max_steps;
     $("batch").max = info.max_images;
@@ -32,13 +32,20 @@ async function init() {
       $("class-row").hidden = false;
       $("class").add(new Option("any class (unconditional)", ""));
       for (const name of info.class_names) $("class").add(new Option(name, name));
-    } else {
+    } else if (info.conditioning === "none") {
       $("conditioning-note").hidden = false;
       $("conditioning-note").textContent =
         `${info.name} is unconditional: a prompt is accepted but does not steer the image.`;
     }
-    $("negative").disabled = $("cfg").disabled = true;
-    $("negative").placeholder = "needs classifier-free guidance (not in difflab yet)";
+    if (info.conditioning === "none") {
+      $("negative").disabled = $("cfg").disabled = true;
+      $("negative").placeholder = "needs a conditional model";
+    } else if (info.conditioning === "text") {
+      $("prompt").placeholder = "e.g. a dark ankle boot, some jeans, a sandal for summer";
+      $("negative").placeholder = "text to steer away from (with CFG scale > 1)";
+    } else {
+      $("negative").placeholder = "a class to steer away from (with CFG scale > 1)";
+    }
   } catch (err) {
     showError(`cannot reach the server: ${err.message}`);
   }
@@ -96,7 +103,7 @@ function addCards(result) {
     const meta = card.querySelector(".meta");
     const fields = [["Seed", seed], ["Sampler", info.sampler_name], ["Steps", info.steps],
                     ["Size", `${info.width}×${info.height}`]];
-    if (info.prompt) fields.unshift(["Class", info.prompt]);
+    if (info.prompt) fields.unshift([model.conditioning === "text" ? "Prompt" : "Class", info.prompt]);
     meta.innerHTML = fields.map(([k]) => `<b>${k}:</b> <span data-key="${k}"></span>`).join("<br>");
     for (const [k, v] of fields) meta.querySelector(`[data-key="${k}"]`).textContent = v;
     for (const warning of info.warnings) {

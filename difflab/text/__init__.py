@@ -1,0 +1,1 @@
+"""Text conditioning: a frozen sentence encoder for prompts."""

