@@ -72,12 +72,19 @@ class ClassifierFreeGuidance(ConditionedDenoiser):
     def __init__(self, denoiser: nn.Module, cond: Condition | None, negative: Condition | None, w: float):
         super().__init__(denoiser, cond)
         self.negative, self.w = negative, w
+        self.joint: tuple[int, Condition | None] | None = None  # (n, cond rows then negative rows), built once
+
+    def joint_condition(self, n: int) -> Condition | None:
+        """The 2n-row condition of the batched forward; the same at every step, so concatenated only once."""
+        if self.joint is None or self.joint[0] != n:
+            self.joint = n, Condition.cat([self.cond, self.negative], [n, n])
+        return self.joint[1]
 
     def with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.w == 0:
             return super().with_variance(x, sigma)
         n = x.shape[0]
-        both = Condition.cat([self.cond, self.negative], [n, n])
+        both = self.joint_condition(n)
         sigma = sigma.expand(n)
         x0_hat, v = denoise_with_variance(self.denoiser, torch.cat([x, x]), torch.cat([sigma, sigma]), both)
         x0_cond, x0_negative = x0_hat[:n], x0_hat[n:]

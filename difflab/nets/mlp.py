@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from difflab.conditioning import Condition
 from difflab.nets.embeddings import TimestepEmbedding
 
 
