@@ -172,6 +172,8 @@ def test_init_from_an_unconditional_checkpoint_keeps_its_output(tmp_path, tiny_u
     wider = build_network(network_config({**tiny_unet_spec, "channels": 16}))
     with pytest.raises(DifflabError, match="do not fit"):
         init_weights(wider, tmp_path / "base.safetensors")
+    with pytest.raises(DifflabError, match="--init: checkpoint .* not found"):
+        init_weights(wider, tmp_path / "missing.safetensors")
 
 
 def test_text_conditional_training_resumes_exactly(tmp_path, labelled_folder):

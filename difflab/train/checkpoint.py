@@ -129,6 +129,8 @@ def init_weights(net: nn.Module, path: str | Path) -> list[str]:
     Layers the new network adds (e.g. class or text conditioning, zero-initialised where they join the
     residual stream) keep their initialisation; every weight the checkpoint has must fit the network.
     """
+    if not Path(path).is_file():
+        raise DifflabError(f"--init: checkpoint {path} not found")
     checkpoint = load_checkpoint(path)
     weights = checkpoint.section("ema") or checkpoint.section("model")
     own = net.state_dict()
