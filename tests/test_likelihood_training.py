@@ -1,7 +1,6 @@
 """Learned variance end to end: networks, Denoiser.with_variance, L_hybrid's stopped gradient, the DDPM sampler's
 learned variance on a respaced grid, the config rules and `difflab nll`."""
 
-import argparse
 import math
 
 import pytest
@@ -110,10 +109,9 @@ def test_config_rules(network, train, message):
 
 
 def test_train_flag_loss_sets_the_learned_variance():
-    args = argparse.Namespace(config=None, data="toy:moons", loss="hybrid", steps=None, minutes=None,
-                              **{k: None for k in ("data_root", "batch", "lr", "seed", "cond", "init", "accumulate",
-                                                   "precision", "compile", "device")})
-    config = training_config(args)
+    from difflab.cli import build_parser
+
+    config = training_config(build_parser().parse_args(["train", "--data", "toy:moons", "--loss", "hybrid"]))
     assert config.train.loss == "hybrid" and config.network.learned_variance
 
 

@@ -181,7 +181,7 @@ def test_text_conditional_training_resumes_exactly(tmp_path, labelled_folder):
     spec = {"network": {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
                         "attention_levels": [1], "head_dim": 8, "groups": 4},
             "train": {"data": str(folder), "batch": 8, "warmup": 2, "log_every": 2, "sample_every": 10_000,
-                      "checkpoint_every": 10_000, "sample_steps": 2, "cond": "class+text"}}
+                      "checkpoint_every": 10_000, "sample_steps": 2, "cond": "class+text", "label_lr_scale": 10.0}}
     straight = Trainer(ExperimentConfig.from_dict({**spec, "train": {**spec["train"], "steps": 4}}),
                        tmp_path / "a", progress=False)
     straight.run()

@@ -19,6 +19,7 @@ from difflab.pipelines.generate import generate
 from difflab.samplers.ancestral import sample_ddpm
 from difflab.train.checkpoint import load_checkpoint, load_denoiser
 from difflab.train.config import ExperimentConfig
+from difflab.train.optim import build_optimizer, set_learning_rate
 from difflab.train.trainer import Trainer, batch_indices
 
 
@@ -63,6 +64,25 @@ def test_batch_indices_cover_each_epoch_once():
     seen = torch.cat([batch_indices(100, 10, step, seed=3) for step in range(10)])
     assert sorted(seen.tolist()) == list(range(100))
     assert not torch.equal(batch_indices(100, 10, 0, 3), batch_indices(100, 10, 10, 3))  # a new epoch reshuffles
+
+
+def test_label_table_steps_at_its_scaled_rate():
+    from difflab.conditioning import Condition
+    from difflab.nets.mlp import MLPConfig, MLPDenoiserNet
+
+    net = MLPDenoiserNet(MLPConfig(hidden=16, depth=1, num_classes=3))
+    torch.nn.init.normal_(net.embed.class_embedding.weight)  # a non-zero table passes gradient to every layer
+    optimizer = build_optimizer(net, lr=1e-3, weight_decay=0.0, label_lr_scale=10.0)
+    set_learning_rate(optimizer, 1e-3)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    net(torch.randn(32, 2), torch.rand(32) * 999, Condition(torch.tensor([0, 1] * 16))).square().sum().backward()
+    optimizer.step()
+    # Adam's first step moves every coordinate that has a gradient by lr (up to eps): 10 lr for the label rows
+    moved = {name: (p.detach() - before[name]).abs() for name, p in net.named_parameters()}
+    assert torch.allclose(moved["embed.class_embedding.weight"][:2], torch.tensor(1e-2), rtol=1e-3)
+    assert moved["embed.class_embedding.weight"][2:].abs().max() == 0  # unused rows (class 2, null) stay put
+    assert torch.allclose(moved["out.bias"], torch.tensor(1e-3), rtol=1e-3)
+    assert len(build_optimizer(net, 1e-3, 0.0, label_lr_scale=1.0).param_groups) == 1
 
 
 def _weights(path):

@@ -35,6 +35,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=DEVICES, help="where to train (default auto: cuda where available)")
     p.add_argument("--cond", choices=COND_KINDS, help="condition on class labels, captions (text) or both, with "
                                                      "dropout to the null condition (p_uncond in the config)")
+    p.add_argument("--label-lr-scale", type=positive_float("--label-lr-scale"),
+                   help="learning-rate multiplier for the class-label table (fine-tuning a zero-initialised table)")
     p.add_argument("--loss", choices=LOSSES, help="simple: L_simple with fixed variance (default); hybrid: "
                    "L_simple + 0.001 L_vlb with learned variance; vlb: L_vlb with learned variance and importance-"
                    "sampled t (Nichol & Dhariwal 2021); hybrid and vlb set network.learned_variance")
@@ -52,7 +54,7 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
                                    "lr": args.lr, "seed": args.seed, "cond": args.cond, "init_from": args.init,
                                    "accumulate": args.accumulate, "precision": args.precision,
                                    "compile": args.compile, "device": args.device,
-                                   "loss": args.loss}.items() if v is not None}
+                                   "loss": args.loss, "label_lr_scale": args.label_lr_scale}.items() if v is not None}
     if args.steps is not None or args.minutes is not None:
         overrides.update(steps=args.steps, minutes=args.minutes)  # a budget given on the command line replaces the recipe's
     network = config.network

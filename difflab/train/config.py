@@ -33,6 +33,7 @@ class TrainConfig:
     min_snr_gamma: float | None = None
     cond: CondKind = "none"
     p_uncond: float = 0.1  # condition dropout: the share of examples trained on the null condition
+    label_lr_scale: float = 1.0  # the class-label table steps at label_lr_scale * lr (see train/optim.py)
     seed: int = 0
     init_from: str | None = None  # start from this checkpoint's EMA weights (fine-tuning); new layers keep their init
     log_every: int = 50
@@ -70,6 +71,8 @@ class TrainConfig:
             raise DifflabError(f"--batch {self.batch} must be divisible by --accumulate {self.accumulate}")
         if self.cond not in COND_KINDS:
             raise DifflabError(f"--cond must be one of {', '.join(COND_KINDS)}, got {self.cond!r}")
+        if not self.label_lr_scale > 0:
+            raise DifflabError(f"--label-lr-scale must be > 0, got {self.label_lr_scale}")
         if not 0 <= self.p_uncond < 1:
             raise DifflabError(f"p_uncond must lie in [0, 1), got {self.p_uncond}")
         if self.loss not in LOSSES:

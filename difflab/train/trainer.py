@@ -30,6 +30,7 @@ from difflab.train.config import ExperimentConfig
 from difflab.train.ema import EMA, ema_decay
 from difflab.train.importance import LossHistorySampler
 from difflab.train.log import append_log, plot_loss, truncate_log
+from difflab.train.optim import build_optimizer, learning_rate, set_learning_rate
 from difflab.train.speed import CompiledNetwork, autocast, grad_scaler
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -61,11 +62,6 @@ def check_batch_split(batch: int, processes: int, accumulate: int) -> None:
     if (batch // processes) % accumulate:
         raise DifflabError(f"--batch {batch} over {processes} process(es) leaves {batch // processes} examples each, "
                            f"which --accumulate {accumulate} cannot split evenly")
-
-
-def learning_rate(step: int, lr: float, warmup: int) -> float:
-    # linear warm-up: lr_t = lr * min(1, (t + 1) / warmup)
-    return lr * min(1.0, (step + 1) / max(warmup, 1))
 
 
 def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
@@ -140,8 +136,8 @@ class Trainer:
         net = net.to(self.device)  # initialised on the CPU from the seed, so every device starts alike
         self.denoiser = Denoiser(net, DiscreteSchedule(self.config.schedule), self.config.prediction)
         self.ema = EMA(net)
-        self.optimizer = torch.optim.AdamW(net.parameters(), lr=self.config.train.lr,
-                                           weight_decay=self.config.train.weight_decay)
+        self.optimizer = build_optimizer(net, self.config.train.lr, self.config.train.weight_decay,
+                                         self.config.train.label_lr_scale)
         self.generator = torch.Generator().manual_seed(self.config.train.seed)  # on the CPU whatever the device
         self.scaler = grad_scaler(self.device, self.config.train.precision)
         self.conditions = TrainingConditions(self.config.train.cond, self.config.train.p_uncond, self.data)
@@ -202,8 +198,7 @@ class Trainer:
         if x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
         cond = self.conditions(index, labels, self.generator)
-        for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, cfg.lr, cfg.warmup)
+        set_learning_rate(self.optimizer, learning_rate(self.step, cfg.lr, cfg.warmup))
         timestep, eps = draw_noise(self.denoiser.schedule, tuple(x0.shape), self.generator, dtype=x0.dtype,
                                    t_sampler=self.t_sampler)
         # importance weights 1 / (T p_t) keep the L_vlb estimate unbiased (Nichol & Dhariwal 2021, Eq. 18)
