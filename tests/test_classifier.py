@@ -96,3 +96,32 @@ def test_load_classifier_refuses_damaged_files(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(DifflabError, match="damaged or not a safetensors file"):
         load_classifier(bad)
+
+
+def test_interrupted_classifier_training_resumes_exactly(trained, tmp_path, monkeypatch, capsys):
+    import difflab.train.classifier as training
+
+    model, _ = trained
+    data = str(model.parents[1] / "data")
+    cfg = training.ClassifierTrainConfig(data=data, steps=6, batch=4, eval_n=8, checkpoint_every=3)
+    schedule = load_checkpoint(model).config.schedule
+    network = ClassifierConfig(channels=8)
+    straight = training.train_classifier(cfg, schedule, tmp_path / "a", network=network, progress=False)
+    save = training.save_classifier
+
+    def save_then_stop(path, net, spec, step, accuracy=None, optimizer=None, generator=None):
+        save(path, net, spec, step, accuracy, optimizer, generator)
+        if step == 3:
+            raise KeyboardInterrupt  # as if Ctrl-C came right after the periodic checkpoint
+
+    monkeypatch.setattr(training, "save_classifier", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_classifier(cfg, schedule, tmp_path / "b", network=network, progress=False)
+    monkeypatch.setattr(training, "save_classifier", save)
+    code, _, err = run_cli(capsys, "train-classifier", "--resume", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    (a, _), (b, _) = load_classifier(straight.checkpoint), load_classifier(tmp_path / "b" / "classifier.safetensors")
+    for (name, x), y in zip(a.net.state_dict().items(), b.net.state_dict().values()):
+        assert torch.equal(x, y), name
+    code, _, err = run_cli(capsys, "train-classifier", "--resume", "--out", str(tmp_path / "b"))
+    assert code == 2 and "holds a finished classifier (step 6); nothing to resume" in err

@@ -34,6 +34,8 @@ def register(subparsers) -> None:
                    help=f"base width of the network (default {ClassifierConfig.channels})")
     p.add_argument("--pool", choices=["attention", "mean"], help="how features are pooled (default attention)")
     p.add_argument("--out", default="runs/classifier", help="output folder (classifier.safetensors)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run exactly from OUT/classifier.safetensors (with its own settings)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(handler=run)
 
@@ -45,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                                "lr": args.lr, "seed": args.seed, "eval_n": args.eval_n}.items() if v is not None}
     network = {k: v for k, v in {"channels": args.channels, "pool": args.pool}.items() if v is not None}
     result = train_classifier(ClassifierTrainConfig(**train), schedule, args.out,
-                              network=replace(ClassifierConfig(), **network))
+                              network=replace(ClassifierConfig(), **network), resume=args.resume)
     print(f"trained to step {result.step} in {result.seconds / 60:.1f} min; checkpoint: {result.checkpoint}")
     print("test accuracy by timestep: " + ", ".join(f"t={t}: {a:.3f}" for t, a in result.accuracy.items()))
     return 0

@@ -52,11 +52,8 @@ def save_checkpoint(
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
     metadata = {"format": FORMAT, "step": str(step), "config": json.dumps(config.to_dict())}
     if optimizer is not None:
-        state = optimizer.state_dict()
-        for index, param_state in state["state"].items():
-            for key, value in param_state.items():
-                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        metadata["optimizer_groups"] = json.dumps(state["param_groups"])
+        optim, metadata["optimizer_groups"] = optimizer_tensors(optimizer)
+        tensors.update(optim)
     for name, state in (rng or {}).items():
         tensors[f"rng.{name}"] = state
     for section, state in (sections or {}).items():
@@ -107,13 +104,26 @@ def export_weights(src: str | Path, dst: str | Path, use_ema: bool = True) -> No
     save_checkpoint(dst, checkpoint.config, checkpoint.step, model=denoiser.net)
 
 
-def optimizer_state(checkpoint: Checkpoint) -> dict:
-    """Rebuild an optimizer state_dict from the flattened `optim.{param}.{key}` tensors."""
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    """The optimizer's state flattened to `optim.{param}.{key}` tensors, and its parameter groups as JSON."""
+    state = optimizer.state_dict()
+    tensors = {f"optim.{index}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
+               for index, param_state in state["state"].items() for key, value in param_state.items()}
+    return tensors, json.dumps(state["param_groups"])
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    """An optimizer state_dict from `{param}.{key}` tensors (the `optim` section) and the parameter groups."""
     state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in checkpoint.section("optim").items():
+    for key, value in tensors.items():
         index, name = key.split(".", 1)
         state.setdefault(int(index), {})[name] = value
-    return {"state": state, "param_groups": checkpoint.optimizer_groups}
+    return {"state": state, "param_groups": groups}
+
+
+def optimizer_state(checkpoint: Checkpoint) -> dict:
+    """Rebuild an optimizer state_dict from the checkpoint's flattened `optim.{param}.{key}` tensors."""
+    return unflatten_optimizer_state(checkpoint.section("optim"), checkpoint.optimizer_groups)
 
 
 def load_scaler_state(checkpoint: Checkpoint, scaler: torch.amp.GradScaler) -> None:

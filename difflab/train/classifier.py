@@ -25,8 +25,9 @@ from difflab.images import atomic_write
 from difflab.nets.classifier import ClassifierConfig, NoiseAwareClassifier
 from difflab.objectives import draw_noise
 from difflab.schedules import DiscreteSchedule, ScheduleConfig
-from difflab.train.checkpoint import read_safetensors
-from difflab.train.trainer import batch_indices, learning_rate
+from difflab.train.checkpoint import optimizer_tensors, read_safetensors, unflatten_optimizer_state
+from difflab.train.optim import learning_rate, set_learning_rate
+from difflab.train.trainer import batch_indices
 
 FORMAT = "difflab-classifier-1"
 CHECKPOINT = "classifier.safetensors"
@@ -44,9 +45,10 @@ class ClassifierTrainConfig:
     warmup: int = 100
     seed: int = 0
     eval_n: int = 2000  # test images per noise level for the accuracy at the end
+    checkpoint_every: int = 500  # steps between the checkpoints that --resume continues from
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch", "eval_n"):
+        for name in ("steps", "batch", "eval_n", "checkpoint_every"):
             if getattr(self, name) <= 0:
                 raise DifflabError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -75,11 +77,17 @@ class ClassifierSpec:
 
 
 def save_classifier(path: str | Path, net: NoiseAwareClassifier, spec: ClassifierSpec, step: int,
-                    accuracy: dict[int, float] | None = None) -> None:
-    """Weights and spec (and the test accuracy by timestep), written atomically."""
+                    accuracy: dict[int, float] | None = None, optimizer: torch.optim.Optimizer | None = None,
+                    generator: torch.Generator | None = None) -> None:
+    """Weights and spec (and the test accuracy by timestep), written atomically; mid-run, also the optimizer and
+    the noise stream, which --resume continues from."""
     tensors = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
     metadata = {"format": FORMAT, "step": str(step), "config": json.dumps(spec.to_dict()),
                 "accuracy": json.dumps(accuracy or {})}
+    if optimizer is not None:
+        optim, metadata["optimizer_groups"] = optimizer_tensors(optimizer)
+        tensors.update(optim)
+        tensors["rng.noise"] = generator.get_state()
     payload = save_bytes(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(payload))
 
@@ -93,7 +101,7 @@ def load_classifier(path: str | Path) -> tuple[NoisyClassifier, ClassifierSpec]:
     spec = ClassifierSpec.from_dict(json.loads(metadata["config"]))
     net = NoiseAwareClassifier(spec.network)
     try:
-        net.load_state_dict(tensors)
+        net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))})
     except RuntimeError as err:
         raise DifflabError(f"--classifier: {path}: weights do not fit its config "
                            f"({str(err).splitlines()[0]})") from None
@@ -127,10 +135,39 @@ class ClassifierResult:
     accuracy: dict[int, float]  # test accuracy by timestep
 
 
+@dataclass(frozen=True)
+class UnfinishedRun:
+    spec: ClassifierSpec
+    step: int
+    weights: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: torch.Tensor
+
+
+def read_unfinished(path: Path) -> UnfinishedRun:
+    """The state of an interrupted `difflab train-classifier` run saved at path, for --resume."""
+    tensors, metadata = read_safetensors(path, "--resume: classifier checkpoint")
+    if metadata.get("format") != FORMAT:
+        raise DifflabError(f"--resume: {path} is not a difflab classifier (format {metadata.get('format')!r})")
+    if "optimizer_groups" not in metadata:
+        raise DifflabError(f"--resume: {path} holds a finished classifier (step {metadata['step']}); nothing to resume")
+    optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}
+    return UnfinishedRun(ClassifierSpec.from_dict(json.loads(metadata["config"])), int(metadata["step"]), weights,
+                         unflatten_optimizer_state(optim, json.loads(metadata["optimizer_groups"])),
+                         tensors["rng.noise"])
+
+
 def train_classifier(cfg: ClassifierTrainConfig, schedule_config: ScheduleConfig, out: str | Path, *,
-                     network: ClassifierConfig = ClassifierConfig(), progress: bool = True) -> ClassifierResult:
+                     network: ClassifierConfig = ClassifierConfig(), progress: bool = True,
+                     resume: bool = False) -> ClassifierResult:
     """Train on the labelled images of cfg.data by cross-entropy on x_t at uniform t, for the diffusion schedule
-    `schedule_config`; writes OUT/classifier.safetensors. An interrupt saves the weights so far (no accuracy)."""
+    `schedule_config`; writes OUT/classifier.safetensors. Every cfg.checkpoint_every steps, and on an interrupt, the
+    file also holds the optimizer and noise stream, and `resume` continues from it exactly, with its own config."""
+    path = Path(out) / CHECKPOINT
+    saved = read_unfinished(path) if resume else None
+    if saved is not None:
+        cfg, schedule_config, network = saved.spec.train, saved.spec.schedule, saved.spec.network
     data = load_dataset(cfg.data, "train", cfg.data_root, seed=cfg.seed)
     if data.kind != "image" or data.labels is None:
         raise DifflabError(f"--data: a classifier trains on labelled images, and {data.name!r} has "
@@ -142,27 +179,38 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule_config: ScheduleConfig
     net = NoiseAwareClassifier(spec.network)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
-    path = Path(out) / CHECKPOINT
+    done = 0  # completed steps
+    if saved is not None:
+        net.load_state_dict(saved.weights)
+        optimizer.load_state_dict(saved.optimizer)
+        generator.set_state(saved.rng)
+        done = saved.step
     start = time.perf_counter()
-    bar = tqdm(range(cfg.steps), disable=not progress, unit="step", dynamic_ncols=True)
-    step = 0
+    bar = tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, disable=not progress, unit="step",
+               dynamic_ncols=True)
+    rng = generator.get_state()
     try:
         for step in bar:
+            rng = generator.get_state()  # an interrupt within this step saves the stream as it stood before it
             x0, labels = data.batch(batch_indices(len(data), cfg.batch, step, cfg.seed))
             timestep, eps = draw_noise(schedule, tuple(x0.shape), generator, dtype=x0.dtype)
             x_t = schedule.q_sample(x0, timestep, eps)  # Ho et al. 2020, Eq. 4
             loss = F.cross_entropy(net(x_t, timestep.float()), labels)  # -log p_phi(y | x_t, t)
-            for group in optimizer.param_groups:
-                # linear warm-up, then cosine decay to 0 (Loshchilov & Hutter 2017, Eq. 5 without restarts)
-                group["lr"] = learning_rate(step, cfg.lr, cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+            # linear warm-up, then cosine decay to 0 (Loshchilov & Hutter 2017, Eq. 5 without restarts)
+            cosine = 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+            set_learning_rate(optimizer, learning_rate(step, cfg.lr, cfg.warmup) * cosine)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            done = step + 1
+            rng = generator.get_state()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        step = cfg.steps
+            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                save_classifier(path, net, spec, done, optimizer=optimizer, generator=generator)
     except KeyboardInterrupt:
         bar.close()
-        save_classifier(path, net, spec, step)
+        generator.set_state(rng)
+        save_classifier(path, net, spec, done, optimizer=optimizer, generator=generator)
         raise
     bar.close()
     seconds = time.perf_counter() - start
@@ -170,5 +218,5 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule_config: ScheduleConfig
     x0, labels = test.batch(torch.arange(min(cfg.eval_n, len(test))))
     timesteps = tuple(sorted({min(t, schedule.timesteps - 1) for t in EVAL_TIMESTEPS}))
     accuracy = accuracy_by_timestep(net, schedule, x0, labels, timesteps, seed=cfg.seed)
-    save_classifier(path, net, spec, step, accuracy)
-    return ClassifierResult(path, step, seconds, accuracy)
+    save_classifier(path, net, spec, done, accuracy)
+    return ClassifierResult(path, done, seconds, accuracy)
