@@ -30,7 +30,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", default="trailing", choices=GRIDS, help="noise-level spacing (default trailing)")
     p.add_argument("--sections", help='--grid respaced: section counts "10,15,20" or "ddimN" adding up to --steps')
     p.add_argument("--eta", type=float, help="DDIM / Euler-ancestral stochasticity (0 = deterministic, 1 = DDPM)")
-    p.add_argument("--variance", choices=["beta_tilde", "beta"], help="DDPM posterior variance")
+    p.add_argument("--variance", choices=["learned", "beta_tilde", "beta"],
+                   help="DDPM step variance (default: the model's learned variance where it has one, else beta_tilde)")
     p.add_argument("--s-churn", type=float, help="euler/heun: EDM S_churn >= 0 (default 0, no churn)")
     p.add_argument("--s-tmin", type=float, help="euler/heun: churn only for sigma >= S_tmin (default 0)")
     p.add_argument("--s-tmax", type=float, help="euler/heun: churn only for sigma <= S_tmax (default inf)")
@@ -112,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     denoiser, checkpoint = load_denoiser(args.checkpoint or BUNDLED_CONDITIONAL_MODEL)
     denoiser = denoiser.to(device)
+    if options.get("variance") == "learned" and not denoiser.learned_variance:
+        raise DifflabError("--variance learned needs a model trained with learned variance (--loss hybrid or vlb)")
     config = checkpoint.config
     guidance, class_names = guidance_from_args(args, config)
     cond = request_condition(config, label=args.label, prompt=args.prompt, class_names=class_names)
