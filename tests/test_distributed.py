@@ -1,5 +1,6 @@
 """Data-parallel training on CPU with gloo: two torchrun processes equal one process with the same global batch."""
 
+import os
 import subprocess
 import sys
 
@@ -17,7 +18,9 @@ def train(out, steps, processes=1, *extra):
     command = (launcher if processes > 1 else [sys.executable]) + [
         "-m", "difflab", "train", "--data", "toy:moons", "--batch", "64", "--steps", str(steps), "--out", str(out),
         *extra]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    # one thread per process, as torchrun gives its workers: a loaded machine cannot change the split of a reduction
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
 def weights(out):
