@@ -43,6 +43,7 @@ def test_sample_writes_png_and_npz(capsys, toy_checkpoint, tmp_path):
     (["sample", "{ckpt}", "--sampler", "ddpm", "--eta", "0.5"], "--eta does not apply to sampler 'ddpm'"),
     (["sample", "{ckpt}", "--class", "3"], "class-conditional"),
     (["sample", "{ckpt}", "--sampler", "ddpm", "--variance", "learned"], "needs a model trained with learned variance"),
+    (["eval", "{ckpt}", "--sampler", "ddpm", "--variance", "learned"], "needs a model trained with learned variance"),
     (["train", "--label-lr-scale", "0"], "--label-lr-scale must be > 0"),
     (["sample", "{ckpt}", "--steps", "5000"], "steps must be <= the schedule's 1000"),
     (["sample", "{bad}"], "damaged or not a safetensors file"),

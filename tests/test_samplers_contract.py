@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -101,6 +102,9 @@ def test_ddim_eta1_is_ddpm_on_the_full_chain():
     torch.testing.assert_close(run("ddim", x, sigmas, eta=1.0), run("ddpm", x, sigmas), rtol=1e-10, atol=1e-10)
 
 
+FIXED_VARIANCE, LEARNED_VARIANCE = (SimpleNamespace(learned_variance=v) for v in (False, True))
+
+
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_sampling_arguments(parser)
@@ -114,9 +118,16 @@ def parse(*argv: str) -> argparse.Namespace:
     (["--sampler", "euler_maruyama", "--sde", "subvp"], {"sde": "subvp"}),
     (["--sampler", "annealed_langevin", "--step-size", "0.5"], {"step_size": 0.5}),
     (["--sampler", "euler_ancestral", "--eta", "0.5"], {"eta": 0.5}),
+    (["--sampler", "ddpm", "--variance", "beta"], {"variance": "beta"}),
 ])
 def test_cli_options_reach_the_sampler(argv, expected):
-    assert sampler_options(parse(*argv)) == expected
+    assert sampler_options(parse(*argv), FIXED_VARIANCE) == expected
+
+
+def test_variance_learned_needs_a_model_that_learned_it():
+    assert sampler_options(parse("--sampler", "ddpm", "--variance", "learned"), LEARNED_VARIANCE) == {"variance": "learned"}
+    with pytest.raises(DifflabError, match="--variance learned needs a model trained with learned variance"):
+        sampler_options(parse("--sampler", "ddpm", "--variance", "learned"), FIXED_VARIANCE)
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -131,7 +142,7 @@ def test_cli_options_reach_the_sampler(argv, expected):
 ])
 def test_cli_rejects_bad_options_in_one_sentence(argv, message):
     with pytest.raises(DifflabError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        sampler_options(parse(*argv))
+        sampler_options(parse(*argv), FIXED_VARIANCE)
 
 
 def test_every_sampler_option_has_a_flag_and_every_flag_a_sampler():

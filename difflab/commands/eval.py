@@ -55,8 +55,8 @@ def register(subparsers) -> None:
 
 def generate_samples(args: argparse.Namespace, shard: Shard, device: torch.device) -> tuple[Samples, str | None, dict]:
     """N samples from the checkpoint (class-balanced labels for a class-conditional one), its data spec and timing."""
-    options = sampler_options(args)
     denoiser, checkpoint = load_denoiser(args.source)
+    options = sampler_options(args, denoiser)
     denoiser = denoiser.to(device)
     config = checkpoint.config
     n = args.n or DEFAULT_GENERATED

@@ -10,6 +10,7 @@ from pathlib import Path
 from difflab import distributed
 from difflab.commands import BUNDLED_CONDITIONAL_MODEL, positive_int, set_threads
 from difflab.commands.guidance_flags import add_guidance_arguments, guidance_from_args
+from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
 from difflab.distributed import DEVICES, init_shard, resolve_device
 from difflab.grids import GRIDS
@@ -72,8 +73,8 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def sampler_options(args: argparse.Namespace) -> dict:
-    """Keyword options for the chosen sampler; an option the sampler does not take is an error."""
+def sampler_options(args: argparse.Namespace, denoiser: Denoiser) -> dict:
+    """Keyword options for the chosen sampler; an option the sampler or the model cannot take is an error."""
     info = get_sampler(args.sampler)
     accepted = inspect.signature(info.fn).parameters
     options = {name: getattr(args, name) for name in OPTION_RANGES if getattr(args, name, None) is not None}
@@ -87,6 +88,8 @@ def sampler_options(args: argparse.Namespace) -> dict:
         raise DifflabError(f"--s-tmin must be <= --s-tmax, got {options['s_tmin']} > {options['s_tmax']}")
     if args.sections is not None and args.grid != "respaced":
         raise DifflabError(f"--sections applies only to --grid respaced, got --grid {args.grid}")
+    if options.get("variance") == "learned" and not denoiser.learned_variance:
+        raise DifflabError("--variance learned needs a model trained with learned variance (--loss hybrid or vlb)")
     return options
 
 
@@ -109,12 +112,10 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if Path(args.out).suffix.lower() not in (".png", ".npz"):
         raise DifflabError(f"--out must end in .png or .npz, got {args.out!r}")
-    options = sampler_options(args)
-    device = resolve_device(args.device)
     denoiser, checkpoint = load_denoiser(args.checkpoint or BUNDLED_CONDITIONAL_MODEL)
+    options = sampler_options(args, denoiser)
+    device = resolve_device(args.device)
     denoiser = denoiser.to(device)
-    if options.get("variance") == "learned" and not denoiser.learned_variance:
-        raise DifflabError("--variance learned needs a model trained with learned variance (--loss hybrid or vlb)")
     config = checkpoint.config
     guidance, class_names = guidance_from_args(args, config)
     cond = request_condition(config, label=args.label, prompt=args.prompt, class_names=class_names)
