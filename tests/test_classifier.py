@@ -98,7 +98,8 @@ def test_load_classifier_refuses_damaged_files(tmp_path):
         load_classifier(bad)
 
 
-def test_interrupted_classifier_training_resumes_exactly(trained, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("where", ["after_checkpoint", "mid_step"])
+def test_interrupted_classifier_training_resumes_exactly(trained, tmp_path, monkeypatch, capsys, where):
     import difflab.train.classifier as training
 
     model, _ = trained
@@ -107,17 +108,27 @@ def test_interrupted_classifier_training_resumes_exactly(trained, tmp_path, monk
     schedule = load_checkpoint(model).config.schedule
     network = ClassifierConfig(channels=8)
     straight = training.train_classifier(cfg, schedule, tmp_path / "a", network=network, progress=False)
-    save = training.save_classifier
+    save, draw_noise, draws = training.save_classifier, training.draw_noise, []
 
     def save_then_stop(path, net, spec, step, accuracy=None, optimizer=None, generator=None):
         save(path, net, spec, step, accuracy, optimizer, generator)
         if step == 3:
             raise KeyboardInterrupt  # as if Ctrl-C came right after the periodic checkpoint
 
-    monkeypatch.setattr(training, "save_classifier", save_then_stop)
+    def draw_then_stop(*args, **kwargs):
+        noise = draw_noise(*args, **kwargs)
+        draws.append(1)
+        if len(draws) == 5:
+            raise KeyboardInterrupt  # within step 5, after its noise was drawn: the save must roll the stream back
+        return noise
+
+    if where == "after_checkpoint":
+        monkeypatch.setattr(training, "save_classifier", save_then_stop)
+    else:
+        monkeypatch.setattr(training, "draw_noise", draw_then_stop)
     with pytest.raises(KeyboardInterrupt):
         training.train_classifier(cfg, schedule, tmp_path / "b", network=network, progress=False)
-    monkeypatch.setattr(training, "save_classifier", save)
+    monkeypatch.undo()
     code, _, err = run_cli(capsys, "train-classifier", "--resume", "--out", str(tmp_path / "b"))
     assert code == 0, err
     (a, _), (b, _) = load_classifier(straight.checkpoint), load_classifier(tmp_path / "b" / "classifier.safetensors")

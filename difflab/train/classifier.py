@@ -31,6 +31,7 @@ from difflab.train.trainer import batch_indices
 
 FORMAT = "difflab-classifier-1"
 CHECKPOINT = "classifier.safetensors"
+TRAINING_STATE = ("optim.", "rng.")  # key prefixes of the optimizer state and noise stream in a mid-run save
 EVAL_TIMESTEPS = (0, 100, 250, 500, 750, 999)  # noise levels of the test accuracy (clipped to the schedule)
 
 
@@ -92,6 +93,11 @@ def save_classifier(path: str | Path, net: NoiseAwareClassifier, spec: Classifie
     atomic_write(path, lambda f: f.write(payload))
 
 
+def network_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The network's tensors of a classifier file, without the training state a mid-run save adds."""
+    return {k: v for k, v in tensors.items() if not k.startswith(TRAINING_STATE)}
+
+
 def load_classifier(path: str | Path) -> tuple[NoisyClassifier, ClassifierSpec]:
     """The classifier as logits(x, sigma) in VE coordinates (eval mode, no parameter gradients) and its spec."""
     tensors, metadata = read_safetensors(path, "--classifier:")
@@ -101,7 +107,7 @@ def load_classifier(path: str | Path) -> tuple[NoisyClassifier, ClassifierSpec]:
     spec = ClassifierSpec.from_dict(json.loads(metadata["config"]))
     net = NoiseAwareClassifier(spec.network)
     try:
-        net.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))})
+        net.load_state_dict(network_weights(tensors))
     except RuntimeError as err:
         raise DifflabError(f"--classifier: {path}: weights do not fit its config "
                            f"({str(err).splitlines()[0]})") from None
@@ -152,8 +158,8 @@ def read_unfinished(path: Path) -> UnfinishedRun:
     if "optimizer_groups" not in metadata:
         raise DifflabError(f"--resume: {path} holds a finished classifier (step {metadata['step']}); nothing to resume")
     optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
-    weights = {k: v for k, v in tensors.items() if not k.startswith(("optim.", "rng."))}
-    return UnfinishedRun(ClassifierSpec.from_dict(json.loads(metadata["config"])), int(metadata["step"]), weights,
+    return UnfinishedRun(ClassifierSpec.from_dict(json.loads(metadata["config"])), int(metadata["step"]),
+                         network_weights(tensors),
                          unflatten_optimizer_state(optim, json.loads(metadata["optimizer_groups"])),
                          tensors["rng.noise"])
 
@@ -188,10 +194,9 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule_config: ScheduleConfig
     start = time.perf_counter()
     bar = tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, disable=not progress, unit="step",
                dynamic_ncols=True)
-    rng = generator.get_state()
+    rng = generator.get_state()  # the noise stream after the last completed step, which an interrupt saves
     try:
         for step in bar:
-            rng = generator.get_state()  # an interrupt within this step saves the stream as it stood before it
             x0, labels = data.batch(batch_indices(len(data), cfg.batch, step, cfg.seed))
             timestep, eps = draw_noise(schedule, tuple(x0.shape), generator, dtype=x0.dtype)
             x_t = schedule.q_sample(x0, timestep, eps)  # Ho et al. 2020, Eq. 4
