@@ -24,21 +24,23 @@ from difflab.serve.worker import QueueFull, Worker
 
 STATIC = Path(__file__).resolve().parent / "static"
 USAGE = """\
-- **Prompts.** An unconditional model accepts `prompt` and `negative_prompt` so existing client scripts keep
-  working, but ignores them: the images say nothing about the prompt (it is left out of their `parameters` text) and
-  `info.warnings` says it was ignored. A class-conditional model takes one class name (or index) as `prompt`, or an
-  empty prompt for an unconditional sample; other text is refused with 422.
-- **Guidance.** On a class-conditional model `cfg_scale` is the UI's classifier-free guidance scale 1 + w (1 is no
-  guidance, 7 means w = 6), and `negative_prompt` may name a class to steer away from instead of the unconditional
-  model; it acts only with `cfg_scale` > 1.
-- **Refused with 422**, naming the field: `cfg_scale` below 1 on a class-conditional model, `cfg_scale` other than 1
-  on an unconditional model, a `negative_prompt` that is not a class of a class-conditional model, `width`/`height`
-  other than the model's, unknown sampler or scheduler names, and img2img / inpainting (no such pipeline yet).
+- **Prompts.** A text-conditional model takes free text as `prompt` (encoded by its frozen text encoder; empty is an
+  unconditional sample). A class-only model takes one class name (or index), or an empty prompt for an
+  unconditional sample; other text is refused with 422. An unconditional model accepts `prompt` and
+  `negative_prompt` so existing client scripts keep working, but ignores them: the images say nothing about the
+  prompt (it is left out of their `parameters` text) and `info.warnings` says it was ignored.
+- **Guidance.** On a conditional model `cfg_scale` is the UI's classifier-free guidance scale 1 + w (1 is no
+  guidance, 7 means w = 6), and `negative_prompt` (free text on a text model, a class on a class-only model) is
+  what guidance steers away from instead of the unconditional model; it acts only with `cfg_scale` > 1.
+- **Refused with 422**, naming the field: `cfg_scale` below 1 on a conditional model, `cfg_scale` other than 1 on an
+  unconditional model, a `negative_prompt` that is not a class of a class-only model, `width`/`height` other than
+  the model's, unknown sampler or scheduler names, and img2img / inpainting (no such pipeline yet).
 - Other fields of that API are accepted; any that asks for something is listed in `info.warnings` as ignored.
 - **Seeds.** Image i of a request uses `seed + i`, so a seed and the same settings give byte-identical PNGs.
 - **Load.** One generation runs at a time; a few more wait; beyond that the answer is 503 with Retry-After.
   POST /sdapi/v1/interrupt stops the running request, which answers with the batches (`n_iter`) already done.
 """
+CONDITIONING_WORDS = {"none": "unconditional", "class": "class-conditional", "text": "text prompts"}
 ERRORS = {422: {"description": "a field out of range, or something the model cannot do; `detail` names the field"},
           503: {"description": "the queue is full; retry after the Retry-After header's seconds"}}
 
@@ -54,7 +56,7 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
 
     app = FastAPI(title="difflab", version=__version__, lifespan=lifespan,
                   description=f"Serving model **{model.name}** ({model.width}x{model.height}, "
-                              f"{ {'none': 'unconditional', 'class': 'class-conditional', 'text': 'text prompts'}[model.conditioning]}). "
+                              f"{CONDITIONING_WORDS[model.conditioning]}). "
                               "A subset of the AUTOMATIC1111 web UI API; the web page is at /.\n\n" + USAGE)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if auth is not None:

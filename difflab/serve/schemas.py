@@ -28,11 +28,11 @@ class Txt2ImgRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field("", max_length=MAX_PROMPT, description="class name on a class-conditional model; an "
-                        "unconditional model ignores it and says so in info.warnings")
-    negative_prompt: str = Field("", max_length=MAX_PROMPT, description="class-conditional model: a class that "
-                                 "classifier-free guidance steers away from (cfg_scale > 1); ignored (with a "
-                                 "warning) by an unconditional model")
+    prompt: str = Field("", max_length=MAX_PROMPT, description="free text on a text-conditional model, a class name "
+                        "on a class-only model; an unconditional model ignores it and says so in info.warnings")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT, description="what classifier-free guidance steers away "
+                                 "from (cfg_scale > 1): free text on a text model, a class on a class-only model; "
+                                 "ignored (with a warning) by an unconditional model")
     steps: int = Field(20, ge=1, le=MAX_STEPS, description="sampler steps")
     cfg_scale: float | None = Field(None, ge=0, le=30, description="classifier-free guidance scale 1 + w; 1 (the "
                                     "default) is no guidance, and the only value an unconditional model takes")
