@@ -61,6 +61,20 @@ def test_encoder_caches_each_prompt_and_does_not_depend_on_the_batch():
     assert torch.equal(again.tokens, alone.tokens) and torch.equal(again.pooled, alone.pooled)
 
 
+def test_encoder_cache_is_bounded_and_drops_the_least_recently_used(monkeypatch):
+    encoder = text_encoder()
+    reference = encoder.encode(["a red bag", "a blue bag", "a green bag"])
+    encoder.cache.clear()
+    monkeypatch.setattr(encoder, "cache_size", 2)
+    encoder.encode(["a red bag", "a blue bag"])
+    encoder.encode(["a red bag"])  # red is now the most recently used
+    encoder.encode(["a green bag"])
+    assert list(encoder.cache) == ["a red bag", "a green bag"]  # blue, the least recently used, went
+    again = encoder.encode(["a red bag", "a blue bag", "a green bag"])  # more than the cache holds, in one call
+    assert torch.equal(again.tokens, reference.tokens) and torch.equal(again.pooled, reference.pooled)
+    assert list(encoder.cache) == ["a blue bag", "a green bag"]
+
+
 def test_captions_name_the_class_and_tell_the_truth_about_the_image():
     data = load_dataset("fashion-mnist", "test")
     captioner = Captioner.for_dataset(data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 
 import torch
 
@@ -17,6 +18,7 @@ from difflab.errors import DifflabError
 ENCODER_NAME = "all-MiniLM-L6-v2"
 TEXT_DIM = 384
 MAX_TOKENS = 32  # [CLS] + up to 30 word pieces + [SEP]; the captions and typical prompts are far shorter
+CACHE_SIZE = 4096  # prompts kept, least recently used dropped first: at most 32 x 384 floats (49 kB) each
 
 
 def _model_dir():
@@ -31,7 +33,7 @@ def _model_dir():
 class TextEncoder:
     """encode(prompts) -> TextEmbedding; an empty prompt is the null text (all-False mask)."""
 
-    def __init__(self, max_tokens: int = MAX_TOKENS):
+    def __init__(self, max_tokens: int = MAX_TOKENS, cache_size: int = CACHE_SIZE):
         path = _model_dir()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: the weights are in the package
         try:
@@ -42,12 +44,13 @@ class TextEncoder:
         hf_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
-        self.max_tokens = max_tokens
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.max_tokens, self.cache_size = max_tokens, cache_size
+        # prompt -> (tokens [L, D] without padding, pooled [D]); bounded, so a server's memory is too
+        self.cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.lock = threading.Lock()
 
     @torch.no_grad()
-    def _encode_new(self, prompts: list[str]) -> None:
+    def _encode_new(self, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt")
         tokens = self.model(**batch).last_hidden_state.float()
@@ -55,19 +58,24 @@ class TextEncoder:
         # sentence embedding as the encoder was trained for it: masked mean of the tokens, unit L2 norm
         pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         pooled = torch.nn.functional.normalize(pooled, dim=1)
-        for prompt, t, m, p in zip(prompts, tokens, mask, pooled):
-            self.cache[prompt] = (t[m].clone(), p.clone())
+        return {prompt: (t[m].clone(), p.clone()) for prompt, t, m, p in zip(prompts, tokens, mask, pooled)}
 
     def encode(self, prompts: list[str], batch: int = 256) -> TextEmbedding:
         """Token features [N, L, 384] (padded, with mask) and pooled sentence embeddings [N, 384]."""
         prompts = [p.strip() for p in prompts]
         with self.lock:
-            new = sorted({p for p in prompts if p and p not in self.cache})
+            found = {p: self.cache[p] for p in set(prompts) if p in self.cache}
+            new = sorted({p for p in prompts if p and p not in found})
             for start in range(0, len(new), batch):
-                self._encode_new(new[start: start + batch])
-            parts = [TextEmbedding.null(1, TEXT_DIM) if not p else
-                     TextEmbedding(self.cache[p][0][None], torch.ones(1, len(self.cache[p][0]), dtype=torch.bool),
-                                   self.cache[p][1][None]) for p in prompts]
+                found.update(self._encode_new(new[start: start + batch]))
+            for p in dict.fromkeys(q for q in prompts if q):  # used in the order given; most recent last
+                self.cache[p] = found[p]
+                self.cache.move_to_end(p)
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        parts = [TextEmbedding.null(1, TEXT_DIM) if not p else
+                 TextEmbedding(found[p][0][None], torch.ones(1, len(found[p][0]), dtype=torch.bool), found[p][1][None])
+                 for p in prompts]
         return TextEmbedding.cat(parts)
 
 
