@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from difflab.commands import BUNDLED_MODEL
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, VPPrecond
 from difflab.grids import make_grid
 from difflab.nets import build_network
 from difflab.samplers import SAMPLERS
@@ -123,7 +123,7 @@ def main() -> None:
         shape, source = checkpoint.config.data_shape, f"{path} (step {checkpoint.step})"
     else:
         config = load_config(RECIPE)
-        denoiser = Denoiser(build_network(config.network), DiscreteSchedule(config.schedule), config.prediction).eval()
+        denoiser = Denoiser(build_network(config.network), VPPrecond(DiscreteSchedule(config.schedule), config.prediction)).eval()
         shape, source = config.data_shape, f"randomly initialised U-Net of {RECIPE.name} ({path} not found)"
     timed = TimedNet(denoiser.net)
     denoiser.net = timed

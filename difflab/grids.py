@@ -74,9 +74,12 @@ def _count(text: str, sections: str) -> int:
 
 
 def make_grid(
-    schedule: DiscreteSchedule, n: int, kind: GridKind = "leading", sections: str | None = None,
+    schedule, n: int, kind: GridKind = "leading", sections: str | None = None,
 ) -> torch.Tensor:
     """A float64 grid of n+1 VE levels, descending from the schedule's noisiest level to 0.
+
+    `schedule` is a DiscreteSchedule, or any levels with sigma_min and sigma_max (an EDM model's), which take the
+    sigma-spaced kinds (karras, log_snr) only.
 
     kind "respaced" takes Nichol & Dhariwal's section counts (default: one section of n), which must add up to n.
     """
@@ -91,6 +94,9 @@ def make_grid(
             return append_zero(torch.tensor([schedule.sigma_max], dtype=torch.float64))
         spacing = karras_sigmas if kind == "karras" else log_snr_sigmas
         return append_zero(spacing(schedule.sigma_min, schedule.sigma_max, n))
+    if not isinstance(schedule, DiscreteSchedule):
+        raise DifflabError(f"grid {kind!r} spaces the timesteps of a discrete schedule, and this model's noise levels "
+                           f"are continuous: use --grid karras or log_snr")
     if n > schedule.timesteps:
         raise DifflabError(f"steps must be <= the schedule's {schedule.timesteps} timesteps, got {n}")
     if kind == "respaced":

@@ -246,6 +246,12 @@ class Guidance:
             raise DifflabError(f"--classifier-form mean shifts the ancestral mean and needs --sampler "
                                f"{' or '.join(MEAN_FORM_SAMPLERS)}, got {sampler!r}; use --classifier-form eps")
 
+    def check(self, sampler: str, denoiser: nn.Module, cond: Condition | None) -> None:
+        """Everything wrap() would refuse for this run, before any sampling starts."""
+        self.check_sampler(sampler)
+        if self.classifier is not None:
+            self._classifier_labels(denoiser, cond)
+
     def negative_rows(self, start: int, stop: int) -> Condition | None:
         """The negative condition for samples start..stop-1 (a one-row negative stands for every sample)."""
         if self.negative is None:
@@ -279,6 +285,9 @@ class Guidance:
 
     def _classifier_labels(self, denoiser: nn.Module, cond: Condition | None) -> torch.Tensor:
         if isinstance(self.classifier, NoisyClassifier):
+            if not isinstance(denoiser.schedule, DiscreteSchedule):
+                raise DifflabError("--classifier was trained on a discrete VP schedule, and this model's noise levels "
+                                   "are continuous (EDM); classifier guidance needs a VP model of that schedule")
             ours, theirs = self.classifier.schedule.config, denoiser.schedule.config
             if ours != theirs:
                 raise DifflabError(f"--classifier was trained for schedule {describe(ours)}, but the model uses "

@@ -11,7 +11,7 @@ from test_serve_api import write_checkpoint
 
 from difflab.cli import main
 from difflab.conditioning import NULL_LABEL, Condition
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, VPPrecond
 from difflab.errors import DifflabError
 from difflab.guidance import (ClassifierFreeGuidance, ClassifierGuidance, ConditionedDenoiser, Guidance,
                               NoisyClassifier, Thresholded, dynamic_threshold, static_threshold)
@@ -27,7 +27,7 @@ def class_denoiser(tiny_unet_spec, prediction="eps", num_classes=3) -> Denoiser:
     net = build_network(network_config({**tiny_unet_spec, "num_classes": num_classes})).double()
     for p in net.parameters():  # the zero-initialised output layers would make every prediction 0
         torch.nn.init.normal_(p, std=0.1)
-    return Denoiser(net, SCHEDULE, prediction).eval()
+    return Denoiser(net, VPPrecond(SCHEDULE, prediction)).eval()
 
 
 def noisy_batch(n=3, sigma=2.0):
@@ -288,14 +288,14 @@ def run_cli(capsys, *argv):
 @pytest.mark.parametrize("model, argv, words", [
     ("uncond", ["--cfg", "2"], "--cfg needs a conditional model; this checkpoint is unconditional"),
     ("class", ["--cfg", "-1"], "--cfg must be >= 0, got -1.0"),
-    ("class", ["--negative-class", "1"], "--negative-class needs --cfg W > 0"),
+    ("class", ["--negative-class", "1"], "--negative-class needs --cfg > 0"),
     ("class", ["--cfg", "2", "--negative-class", "3"], "--negative-class must lie in 0..2"),
     ("class", ["--threshold", "dynamic", "--threshold-percentile", "1.5"], "--threshold-percentile must lie in (0, 1]"),
     ("class", ["--threshold", "static", "--threshold-percentile", "0.9"], "applies only to --threshold dynamic"),
     ("class", ["--threshold", "soft"], "argument --threshold: invalid choice"),
     ("class", ["--classifier-scale", "3"], "--classifier-scale needs --classifier CKPT"),
     ("class", ["--classifier", "{missing}"], "not found"),
-    ("class", ["--classifier", "{model}"], "is not a difflab classifier"),
+    ("class", ["--classifier", "{model}"], "holds a denoiser, not a classifier"),
 ])
 def test_bad_guidance_flags_give_one_line(capsys, tmp_path, checkpoints, model, argv, words):
     path = checkpoints[model]

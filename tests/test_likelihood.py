@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, VPPrecond
 from difflab.likelihood.gaussian import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
 from difflab.likelihood.ode import dequantize, dequantized_bits_per_dim, ode_nll
 from difflab.likelihood.vlb import bits_per_dim, variance_bounds, vlb_nll
@@ -201,7 +201,7 @@ def test_training_estimate_of_l_vlb_matches_the_closed_form():
     g = torch.Generator().manual_seed(6)
     x0 = MU + math.sqrt(S2) * torch.randn(len(timestep), d, generator=g, dtype=torch.float64)
     eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
-    L_t = vlb_loss(Denoiser(ExactEps(schedule), schedule, "eps"), x0, noise=(timestep, eps), decoder="gaussian") / T
+    L_t = vlb_loss(Denoiser(ExactEps(schedule), VPPrecond(schedule, "eps")), x0, noise=(timestep, eps), decoder="gaussian") / T
     mean = torch.zeros(T, dtype=torch.float64).index_add_(0, timestep, L_t) / draws
     second = torch.zeros(T, dtype=torch.float64).index_add_(0, timestep, L_t**2) / draws
     se = float(((second - mean**2) / (draws - 1)).sum().sqrt())

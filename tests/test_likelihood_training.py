@@ -8,7 +8,7 @@ import torch
 
 from difflab.cli import main
 from difflab.commands.train import training_config
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, VPPrecond
 from difflab.errors import DifflabError
 from difflab.grids import make_grid
 from difflab.nets import build_network, network_config
@@ -31,21 +31,21 @@ def test_learned_variance_doubles_the_output_and_the_denoiser_splits_it(kind, ti
         torch.nn.init.normal_(p, std=0.1)
     x = torch.randn(2, 1, 8, 8) if kind == "unet" else torch.randn(2, 3)
     sigma = torch.tensor([0.5, 3.0])
-    denoiser = Denoiser(net, DiscreteSchedule(), "x0")
+    denoiser = Denoiser(net, VPPrecond(DiscreteSchedule(), "x0"))
     x0_hat, v = denoiser.with_variance(x, sigma)
     timestep = denoiser.schedule.timestep_from_sigma(sigma).float()
     output = net(x / torch.sqrt(1 + sigma**2).view(-1, *[1] * (x.ndim - 1)), timestep)
     assert output.shape[1] == 2 * x.shape[1]
     assert torch.allclose(x0_hat, output[:, : x.shape[1]], atol=1e-6) and torch.allclose(v, output[:, x.shape[1]:])
     assert torch.equal(denoiser(x, sigma), x0_hat)
-    fixed = Denoiser(build_network(network_config(spec)), DiscreteSchedule())
+    fixed = Denoiser(build_network(network_config(spec)), VPPrecond(DiscreteSchedule()))
     assert fixed.with_variance(x, sigma)[1] is None
 
 
 def test_hybrid_loss_stops_the_mean_gradient_of_its_vlb_term():
     net = build_network(network_config({"kind": "mlp", "dim": 2, "hidden": 16, "depth": 1, "learned_variance": True}))
     torch.nn.init.normal_(net.out.weight, std=0.1)
-    denoiser = Denoiser(net, DiscreteSchedule())
+    denoiser = Denoiser(net, VPPrecond(DiscreteSchedule()))
     x0 = torch.rand(64, 2) * 2 - 1
     noise = (torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(0)), torch.randn(64, 2))
     simple, hybrid = simple_loss(denoiser, x0, noise=noise), hybrid_loss(denoiser, x0, noise=noise, decoder="gaussian")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, VPPrecond
 from difflab.objectives import min_snr_weight, simple_loss
 from difflab.prediction import training_target
 from difflab.schedules import DiscreteSchedule
@@ -35,14 +35,14 @@ class Exact(torch.nn.Module):
 def test_simple_loss_is_zero_for_the_exact_network(prediction):
     schedule = DiscreteSchedule()
     x0 = torch.randn(64, 3)
-    loss = simple_loss(Denoiser(Exact(schedule, prediction, x0), schedule, prediction), x0,
+    loss = simple_loss(Denoiser(Exact(schedule, prediction, x0), VPPrecond(schedule, prediction)), x0,
                        generator=torch.Generator().manual_seed(0))
     assert loss.shape == (64,) and float(loss.max()) < 1e-6
 
 
 def test_simple_loss_of_a_zero_eps_network_is_the_noise_power():
     schedule = DiscreteSchedule()
-    loss = simple_loss(Denoiser(Zero(), schedule, "eps"), torch.randn(20_000, 4), generator=torch.Generator().manual_seed(0))
+    loss = simple_loss(Denoiser(Zero(), VPPrecond(schedule, "eps")), torch.randn(20_000, 4), generator=torch.Generator().manual_seed(0))
     assert float(loss.mean()) == pytest.approx(1.0, abs=0.02)  # E||eps||^2 / d = 1
 
 
@@ -56,7 +56,7 @@ def test_min_snr_weights():
 def test_min_snr_loss_downweights_low_noise_eps_losses():
     schedule = DiscreteSchedule()
     x0 = torch.randn(4096, 2)
-    plain = simple_loss(Denoiser(Zero(), schedule, "eps"), x0, generator=torch.Generator().manual_seed(1))
-    weighted = simple_loss(Denoiser(Zero(), schedule, "eps"), x0, generator=torch.Generator().manual_seed(1),
+    plain = simple_loss(Denoiser(Zero(), VPPrecond(schedule, "eps")), x0, generator=torch.Generator().manual_seed(1))
+    weighted = simple_loss(Denoiser(Zero(), VPPrecond(schedule, "eps")), x0, generator=torch.Generator().manual_seed(1),
                            min_snr_gamma=5.0)
     assert bool((weighted <= plain + 1e-6).all()) and int((weighted < 0.5 * plain).sum()) > 100

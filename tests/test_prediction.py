@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, VPPrecond
 from difflab.prediction import (
     eps_from_x0, score_from_x0, training_target, v_from_x0_eps, x0_from_eps, x0_from_output, x0_from_v,
 )
@@ -64,6 +64,6 @@ def test_denoiser_recovers_x0_for_each_prediction_type(prediction):
     x0, eps, _, _ = _batch()
     t = torch.linspace(0, 999, 16).long()
     sigma = schedule.sigmas[t]
-    denoiser = Denoiser(Oracle(schedule, prediction, x0, eps), schedule, prediction)
+    denoiser = Denoiser(Oracle(schedule, prediction, x0, eps), VPPrecond(schedule, prediction))
     x = x0 + sigma[:, None] * eps
     assert torch.allclose(denoiser(x, sigma), x0, atol=1e-7)

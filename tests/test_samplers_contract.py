@@ -102,7 +102,7 @@ def test_ddim_eta1_is_ddpm_on_the_full_chain():
     torch.testing.assert_close(run("ddim", x, sigmas, eta=1.0), run("ddpm", x, sigmas), rtol=1e-10, atol=1e-10)
 
 
-FIXED_VARIANCE, LEARNED_VARIANCE = (SimpleNamespace(learned_variance=v) for v in (False, True))
+FIXED_VARIANCE, LEARNED_VARIANCE = (SimpleNamespace(learned_variance=v, default_grid="trailing") for v in (False, True))
 
 
 def parse(*argv: str) -> argparse.Namespace:

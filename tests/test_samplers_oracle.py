@@ -24,7 +24,7 @@ import pytest
 import torch
 from torch import nn
 
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, VPPrecond
 from difflab.grids import make_grid, spaced_timesteps
 from difflab.samplers import SAMPLERS
 from difflab.schedules import DiscreteSchedule, ScheduleConfig
@@ -74,7 +74,7 @@ def noise(seed: int) -> torch.Tensor:
 
 
 def ours(config: ScheduleConfig, name: str, sigmas: torch.Tensor, x: torch.Tensor, seed=0, **options):
-    denoiser = Denoiser(NET, DiscreteSchedule(config), "eps")
+    denoiser = Denoiser(NET, VPPrecond(DiscreteSchedule(config), "eps"))
     return SAMPLERS[name].fn(denoiser, x, sigmas.double(), generator=torch.Generator().manual_seed(seed), **options)
 
 

@@ -16,9 +16,9 @@ from difflab.conditioning import Condition
 from difflab.guidance import Guidance
 from difflab.images import to_uint8
 from difflab.pipelines.generate import generate
+from difflab.pipelines.samplers import SAMPLER_NAMES, offered_samplers
 from difflab.nets import build_network
 from difflab.samplers import SAMPLERS
-from difflab.serve.a1111 import SAMPLER_NAMES, offered_samplers
 from difflab.serve.app import create_app
 from difflab.serve.model import load_served_model
 from difflab.train.checkpoint import save_checkpoint
@@ -157,7 +157,7 @@ def test_only_registered_samplers_are_offered(client, monkeypatch):
     ({"n_iter": 0}, "n_iter", "n_iter must lie in 1..64, got 0"),
     ({"batch_size": 8, "n_iter": 9}, "body", "batch_size * n_iter must be <= 64, got 8 * 9"),
     ({"cfg_scale": 31}, "cfg_scale", "cfg_scale must lie in 0..30, got 31"),
-    ({"cfg_scale": 7}, "cfg_scale", "cfg_scale must be 1 (no guidance): model"),
+    ({"cfg_scale": 7}, "cfg_scale", "unconditional, so cfg_scale must be 1 (no guidance); got 7"),
     ({"prompt": "x" * 2001}, "prompt", "prompt must be at most 2000 characters"),
     ({"prompt": 5}, "prompt", "prompt must be a string, got 5"),
     ({"width": 512}, "width", "width must be 16: model"),

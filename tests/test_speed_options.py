@@ -128,7 +128,7 @@ def test_compiled_checkpoint_has_the_plain_module_names_and_resume_may_drop_comp
     assert not any("_orig_mod" in name for name in names)
     assert {f"model.{k}" for k in trainer.denoiser.net.state_dict()} <= names
     resumed = Trainer(toy_config(steps=2), tmp_path, resume=True, progress=False)
-    assert resumed.config.train.compile is False and resumed.train_denoiser.net is resumed.denoiser.net
+    assert resumed.config.train.compile is False and resumed.loop.train_module is resumed.denoiser.net
 
 
 COMPARE = textwrap.dedent("""

@@ -19,8 +19,9 @@ from difflab.pipelines.generate import generate
 from difflab.samplers.ancestral import sample_ddpm
 from difflab.train.checkpoint import load_checkpoint, load_denoiser
 from difflab.train.config import ExperimentConfig
-from difflab.train.optim import build_optimizer, set_learning_rate
-from difflab.train.trainer import Trainer, batch_indices
+from difflab.train.loop import batch_indices
+from difflab.train.optim import param_groups, set_learning_rate
+from difflab.train.trainer import Trainer
 
 
 def toy_config(**train) -> ExperimentConfig:
@@ -72,7 +73,7 @@ def test_label_table_steps_at_its_scaled_rate():
 
     net = MLPDenoiserNet(MLPConfig(hidden=16, depth=1, num_classes=3))
     torch.nn.init.normal_(net.embed.class_embedding.weight)  # a non-zero table passes gradient to every layer
-    optimizer = build_optimizer(net, lr=1e-3, weight_decay=0.0, label_lr_scale=10.0)
+    optimizer = torch.optim.AdamW(param_groups(net, label_lr_scale=10.0), lr=1e-3, weight_decay=0.0)
     set_learning_rate(optimizer, 1e-3)
     before = {name: p.detach().clone() for name, p in net.named_parameters()}
     net(torch.randn(32, 2), torch.rand(32) * 999, Condition(torch.tensor([0, 1] * 16))).square().sum().backward()
@@ -82,7 +83,7 @@ def test_label_table_steps_at_its_scaled_rate():
     assert torch.allclose(moved["embed.class_embedding.weight"][:2], torch.tensor(1e-2), rtol=1e-3)
     assert moved["embed.class_embedding.weight"][2:].abs().max() == 0  # unused rows (class 2, null) stay put
     assert torch.allclose(moved["out.bias"], torch.tensor(1e-3), rtol=1e-3)
-    assert len(build_optimizer(net, 1e-3, 0.0, label_lr_scale=1.0).param_groups) == 1
+    assert len(param_groups(net, label_lr_scale=1.0)) == 1
 
 
 def _weights(path):
@@ -210,7 +211,7 @@ def test_speed_option_errors(train, message):
 
 
 def test_batch_split_over_processes_and_micro_batches():
-    from difflab.train.trainer import check_batch_split
+    from difflab.train.loop import check_batch_split
 
     check_batch_split(64, 2, 4)
     with pytest.raises(DifflabError, match="divisible by the 2 processes"):

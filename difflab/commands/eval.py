@@ -13,13 +13,15 @@ import json
 import time
 from pathlib import Path
 
+from dataclasses import replace
+
 import torch
 
 from difflab.conditioning import Condition
 from difflab import distributed
 from difflab.commands import positive_int, set_threads
-from difflab.commands.guidance_flags import add_guidance_arguments, guidance_from_args, guidance_settings
-from difflab.commands.sample import add_sampling_arguments, sampler_options
+from difflab.commands.guidance_flags import add_guidance_arguments, guidance_settings
+from difflab.commands.sample import add_sampling_arguments, request_from_args
 from difflab.data.toy import sample_toy
 from difflab.distributed import Shard, init_shard, resolve_device
 from difflab.errors import DifflabError
@@ -27,8 +29,8 @@ from difflab.eval.feature_net import IMAGE_SIZE
 from difflab.eval.report import evaluate_images, evaluate_points, format_table
 from difflab.eval.samples import MIN_SAMPLES, Samples, read_samples
 from difflab.images import save_samples, to_uint8
-from difflab.pipelines.generate import generate_sharded
-from difflab.train.checkpoint import load_denoiser
+from difflab.pipelines.request import plan_request
+from difflab.model import load_model
 
 DEFAULT_GENERATED = 1000
 REFERENCE_SEED = 1234  # the fresh toy draws: fixed, so two evaluations of one file agree
@@ -38,7 +40,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="FD, KID, precision/recall of samples (SWD, energy, KS, KL of toy points)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="SAMPLES.npz ('images' uint8 [N, 28, 28] with optional 'labels', or 'points' "
-                                  "[N, 2]) or a .safetensors checkpoint to sample from")
+                                  "[N, 2]) or a model to sample from (a .safetensors checkpoint or a .json manifest)")
     add_sampling_arguments(p)
     p.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"),
                    help=f"samples to draw from a checkpoint (default {DEFAULT_GENERATED}), or to take from the start "
@@ -55,21 +57,18 @@ def register(subparsers) -> None:
 
 def generate_samples(args: argparse.Namespace, shard: Shard, device: torch.device) -> tuple[Samples, str | None, dict]:
     """N samples from the checkpoint (class-balanced labels for a class-conditional one), its data spec and timing."""
-    denoiser, checkpoint = load_denoiser(args.source)
-    options = sampler_options(args, denoiser)
-    denoiser = denoiser.to(device)
-    config = checkpoint.config
+    model = load_model(args.source)
+    denoiser, checkpoint = model.denoiser, model.checkpoint
     n = args.n or DEFAULT_GENERATED
-    guidance, names = guidance_from_args(args, config)
-    labels = None if names is None else torch.arange(n) % len(names)
+    request = request_from_args(args, model, n)
+    config = checkpoint.config
+    plan = plan_request(request, denoiser.to(device), config)
+    labels = None if plan.class_names is None else torch.arange(n) % len(plan.class_names)
     if config.data_shape not in ((2,), (1, *IMAGE_SIZE)):
         raise DifflabError(f"{args.source}: its samples have shape {list(config.data_shape)}; difflab eval takes "
                            "1x28x28 Fashion-MNIST images or 2-D toy points")
     start = time.perf_counter()
-    x = generate_sharded(denoiser, config.data_shape, n, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                         sections=args.sections, seed=args.seed, batch=args.batch,
-                         cond=None if labels is None else Condition(labels), options=options,
-                         progress=shard.is_main, guidance=guidance)
+    x = replace(plan, cond=None if labels is None else Condition(labels)).sample(progress=shard.is_main)
     info = {"sampler": args.sampler, "steps": args.steps, **guidance_settings(args),
             "generate_seconds": round(time.perf_counter() - start, 1)}
     if args.save and shard.is_main:

@@ -17,7 +17,7 @@ from difflab.distributed import DEVICES, resolve_device
 from difflab.errors import DifflabError
 from difflab.likelihood.evaluate import METHODS, images_bits_per_dim
 from difflab.likelihood.ode import PROBES
-from difflab.train.checkpoint import load_denoiser
+from difflab.model import load_model
 
 DEFAULT_N = 256
 
@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("nll", help="test-set bits/dim by the variational bound or the probability-flow ODE",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", nargs="?", default=str(BUNDLED_MODEL),
-                   help="a .safetensors checkpoint of an 8-bit image model (default: the bundled Fashion-MNIST model)")
+                   help="a .safetensors checkpoint (or .json model manifest) of an 8-bit image model (default: the "
+                        "bundled Fashion-MNIST model)")
     p.add_argument("--method", choices=METHODS, default="vlb", help="vlb (default) or ode")
     p.add_argument("--n", type=positive_int("--n"), default=DEFAULT_N,
                    help=f"test images, the first N of the test split (default {DEFAULT_N})")
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
         raise DifflabError(f"--rtol must lie in (0, 1), got {args.rtol}")
     if not args.atol > 0:
         raise DifflabError(f"--atol must be > 0, got {args.atol}")
-    denoiser, checkpoint = load_denoiser(args.checkpoint)
+    model = load_model(args.checkpoint)
+    denoiser, checkpoint = model.denoiser, model.checkpoint
     config = checkpoint.config
     if len(config.data_shape) != 3:
         raise DifflabError(f"{args.checkpoint} models {config.train.data!r} with examples of shape "

@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import time
 from pathlib import Path
 
 from difflab import distributed
 from difflab.commands import BUNDLED_CONDITIONAL_MODEL, positive_int, set_threads
-from difflab.commands.guidance_flags import add_guidance_arguments, guidance_from_args
+from difflab.commands.guidance_flags import add_guidance_arguments, guidance_request
 from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
 from difflab.distributed import DEVICES, init_shard, resolve_device
 from difflab.grids import GRIDS
 from difflab.images import save_samples
-from difflab.pipelines.conditions import request_condition
-from difflab.pipelines.generate import generate_sharded
-from difflab.samplers import get_sampler
+from difflab.pipelines.dialect import CLI
+from difflab.pipelines.request import Request, plan_request
+from difflab.pipelines.samplers import OPTION_RANGES, choose_sampler
 from difflab.samplers.common import StepInfo
-from difflab.train.checkpoint import load_denoiser
+from difflab.model import Model, load_model
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that choose how to sample; shared by every command that generates."""
-    p.add_argument("--sampler", default="ddim", help="sampler name (see `difflab samplers`); default ddim")
+    p.add_argument("--sampler", default="ddim", help="sampler name (see `difflab samplers`) or a web UI name such as "
+                                                     "'DPM++ 2M Karras'; default ddim")
     p.add_argument("--steps", type=positive_int("--steps"), default=50,
                    help="number of grid steps (default 50); for rk45 the number of output levels it stops at, "
                         "its own steps being chosen by --rtol/--atol; for svgd the number of updates")
-    p.add_argument("--grid", default="trailing", choices=GRIDS, help="noise-level spacing (default trailing)")
+    p.add_argument("--grid", choices=GRIDS, help="noise-level spacing (default: the one a web UI sampler name implies, "
+                                                 "else the model's: trailing for a VP model, karras for EDM)")
     p.add_argument("--sections", help='--grid respaced: section counts "10,15,20" or "ddimN" adding up to --steps')
     p.add_argument("--eta", type=float, help="DDIM / Euler-ancestral stochasticity (0 = deterministic, 1 = DDPM)")
     p.add_argument("--variance", choices=["learned", "beta_tilde", "beta"],
@@ -52,51 +53,27 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to sample (default auto: cuda where available); seeds reproduce per device type")
 
 
-# option name -> (is the value allowed, the allowed range in words); choices are checked by argparse
-OPTION_RANGES = {
-    "eta": (lambda v: v >= 0, ">= 0"),
-    "s_churn": (lambda v: v >= 0, ">= 0"),
-    "s_tmin": (lambda v: v >= 0, ">= 0"),
-    "s_tmax": (lambda v: v > 0, "> 0"),
-    "s_noise": (lambda v: v > 0, "> 0"),
-    "rtol": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "atol": (lambda v: v > 0, "> 0"),
-    "snr": (lambda v: v > 0, "> 0"),
-    "langevin_steps": (lambda v: v >= 1, ">= 1"),
-    "step_size": (lambda v: v > 0, "> 0"),
-    "variance": (lambda v: True, ""),
-    "sde": (lambda v: True, ""),
-}
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def sampler_options(args: argparse.Namespace, denoiser: Denoiser) -> dict:
     """Keyword options for the chosen sampler; an option the sampler or the model cannot take is an error."""
-    info = get_sampler(args.sampler)
-    accepted = inspect.signature(info.fn).parameters
     options = {name: getattr(args, name) for name in OPTION_RANGES if getattr(args, name, None) is not None}
-    for name, value in options.items():
-        if name not in accepted:
-            raise DifflabError(f"{flag(name)} does not apply to sampler {args.sampler!r}")
-        allowed, words = OPTION_RANGES[name]
-        if not allowed(value):
-            raise DifflabError(f"{flag(name)} must be {words}, got {value}")
-    if options.get("s_tmin", 0.0) > options.get("s_tmax", float("inf")):
-        raise DifflabError(f"--s-tmin must be <= --s-tmax, got {options['s_tmin']} > {options['s_tmax']}")
-    if args.sections is not None and args.grid != "respaced":
-        raise DifflabError(f"--sections applies only to --grid respaced, got --grid {args.grid}")
-    if options.get("variance") == "learned" and not denoiser.learned_variance:
-        raise DifflabError("--variance learned needs a model trained with learned variance (--loss hybrid or vlb)")
-    return options
+    return choose_sampler(args.sampler, args.grid, args.sections, options, denoiser, CLI)[1]
+
+
+def request_from_args(args: argparse.Namespace, model: Model, n: int, label: int | None = None,
+                      prompt: str | None = None) -> Request:
+    """The Request that the sampling and guidance flags ask for, for `model`."""
+    denoiser = model.denoiser
+    return Request(label=label, prompt=prompt, guidance=guidance_request(args, model.files.get("classifier")),
+                   sampler=args.sampler, grid=args.grid,
+                   sections=args.sections, options=sampler_options(args, denoiser), steps=args.steps, n=n,
+                   seed=args.seed, batch=args.batch)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample from a checkpoint", description=__doc__)
-    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint (default: the bundled conditional model, "
-                                                 "which also samples unconditionally)")
+    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint or a .json model manifest {\"denoiser\": FILE, "
+                                                 "\"classifier\": FILE} (default: the bundled conditional model, which "
+                                                 "also samples unconditionally)")
     add_sampling_arguments(p)
     p.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"), default=64,
                    help="number of samples (default 64); spell it --num-samples under torchrun, which takes --n as its own")
@@ -112,15 +89,12 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if Path(args.out).suffix.lower() not in (".png", ".npz"):
         raise DifflabError(f"--out must end in .png or .npz, got {args.out!r}")
-    denoiser, checkpoint = load_denoiser(args.checkpoint or BUNDLED_CONDITIONAL_MODEL)
-    options = sampler_options(args, denoiser)
+    model = load_model(args.checkpoint or BUNDLED_CONDITIONAL_MODEL)
+    denoiser, checkpoint = model.denoiser, model.checkpoint
+    request = request_from_args(args, model, args.n, label=args.label, prompt=args.prompt)
     device = resolve_device(args.device)
-    denoiser = denoiser.to(device)
-    config = checkpoint.config
-    guidance, class_names = guidance_from_args(args, config)
-    cond = request_condition(config, label=args.label, prompt=args.prompt, class_names=class_names)
-    cond = None if cond is None else cond.repeat(args.n)
-    labels = None if cond is None else cond.labels
+    plan = plan_request(request, denoiser.to(device), checkpoint.config)
+    labels = None if plan.cond is None else plan.cond.labels
     nfe: dict[int, int] = {}  # batch -> network evaluations, from samplers that report them (rk45)
 
     def count_nfe(batch: int, step: StepInfo) -> None:
@@ -130,10 +104,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     shard = init_shard(device)  # under torchrun each process draws a range of the samples
     try:
-        x = generate_sharded(denoiser, config.data_shape, args.n, sampler=args.sampler, steps=args.steps,
-                             grid=args.grid, sections=args.sections, seed=args.seed, batch=args.batch,
-                             cond=cond,
-                             options=options, progress=shard.is_main, callback=count_nfe, guidance=guidance)
+        x = plan.sample(callback=count_nfe, progress=shard.is_main)
     finally:
         distributed.close()
     if not shard.is_main:

@@ -13,8 +13,8 @@ from difflab.errors import DifflabError
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="web page and HTTP API (AUTOMATIC1111-compatible)", description=__doc__)
-    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint (default: the bundled class- and text-"
-                                                 "conditional model)")
+    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint or a .json model manifest (default: the "
+                                                 "bundled class- and text-conditional model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=positive_int("--port"), default=7860, help="TCP port (default 7860)")
     p.add_argument("--api-auth", metavar="USER:PASS", help="require HTTP basic auth for the API and the page")

@@ -10,9 +10,11 @@ import argparse
 from dataclasses import replace
 
 from difflab.commands import BUNDLED_MODEL, positive_float, positive_int, set_threads
+from difflab.errors import DifflabError
 from difflab.nets.classifier import ClassifierConfig
 from difflab.train.checkpoint import load_checkpoint
-from difflab.train.classifier import ClassifierTrainConfig, train_classifier
+from difflab.train.classifier import train_classifier
+from difflab.train.classifier_config import ClassifierTrainConfig
 
 
 def register(subparsers) -> None:
@@ -31,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--eval-n", type=positive_int("--eval-n"),
                    help=f"test images per noise level for the final accuracy (default {ClassifierTrainConfig.eval_n})")
     p.add_argument("--channels", type=positive_int("--channels"),
-                   help=f"base width of the network (default {ClassifierConfig.channels})")
+                   help=f"base width of the network (default {ClassifierConfig().trunk.channels})")
     p.add_argument("--pool", choices=["attention", "mean"], help="how features are pooled (default attention)")
     p.add_argument("--out", default="runs/classifier", help="output folder (classifier.safetensors)")
     p.add_argument("--resume", action="store_true",
@@ -42,12 +44,19 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
-    schedule = load_checkpoint(args.for_model or BUNDLED_MODEL).config.schedule
+    model = load_checkpoint(args.for_model or BUNDLED_MODEL).config
+    if model.precond.kind != "vp":
+        raise DifflabError("--for-model: a noise-aware classifier is trained for a discrete VP schedule, and this "
+                           f"model's preconditioning is {model.precond.kind}")
+    schedule = model.schedule
     train = {k: v for k, v in {"data": args.data, "data_root": args.data_root, "steps": args.steps, "batch": args.batch,
                                "lr": args.lr, "seed": args.seed, "eval_n": args.eval_n}.items() if v is not None}
-    network = {k: v for k, v in {"channels": args.channels, "pool": args.pool}.items() if v is not None}
-    result = train_classifier(ClassifierTrainConfig(**train), schedule, args.out,
-                              network=replace(ClassifierConfig(), **network), resume=args.resume)
+    network = ClassifierConfig()
+    if args.channels is not None:
+        network = replace(network, trunk=replace(network.trunk, channels=args.channels))
+    if args.pool is not None:
+        network = replace(network, pool=args.pool)
+    result = train_classifier(ClassifierTrainConfig(**train), schedule, args.out, network=network, resume=args.resume)
     print(f"trained to step {result.step} in {result.seconds / 60:.1f} min; checkpoint: {result.checkpoint}")
     print("test accuracy by timestep: " + ", ".join(f"t={t}: {a:.3f}" for t, a in result.accuracy.items()))
     return 0

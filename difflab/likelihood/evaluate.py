@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from difflab.denoiser import Denoiser
+from difflab.errors import DifflabError
 from difflab.guidance import ConditionedDenoiser
 from difflab.likelihood.ode import Probe, dequantize, dequantized_bits_per_dim, ode_nll
 from difflab.likelihood.vlb import bits_per_dim, vlb_nll
@@ -45,6 +46,9 @@ def images_bits_per_dim(
     ode: uniform dequantization, then the PF-ODE from sigma_min to sigma_max with a Hutchinson probe per image.
     Batch b draws from seed + b.
     """
+    if denoiser.precond.kind != "vp":
+        raise DifflabError("likelihoods are computed for VP models (a discrete schedule and its N(0, I) prior); "
+                           f"this model's preconditioning is {denoiser.precond.kind}")
     device = next(denoiser.parameters()).device
     sampler_denoiser = ConditionedDenoiser(denoiser, None)
     dims = images[0].numel()

@@ -1,4 +1,4 @@
-"""A noise-aware classifier p_phi(y | x_t, t): the encoder half of the U-Net, pooled, with a linear head
+"""A noise-aware classifier p_phi(y | x_t, t): the U-Net's encoder and middle, pooled, with a linear head
 (Dhariwal & Nichol 2021, Sec. 4 and Appendix: the downsampling trunk of the diffusion U-Net with attention pooling)."""
 
 from __future__ import annotations
@@ -11,41 +11,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.errors import DifflabError
-from difflab.nets.attention import SelfAttention
-from difflab.nets.embeddings import TimestepEmbedding
-from difflab.nets.unet import ResBlock
+from difflab.nets.unet import UNetConfig, UNetTrunk
 
 Pool = Literal["attention", "mean"]
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    in_channels: int = 1
+    trunk: UNetConfig = UNetConfig(channels=24, num_res_blocks=1, head_dim=24)  # its decoder fields are unused
     num_classes: int = 10
-    channels: int = 24
-    channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
-    attention_levels: tuple[int, ...] = (2,)  # levels (0 = full resolution) with self-attention
-    head_dim: int = 24
-    groups: int = 8
-    dropout: float = 0.0
     pool: Pool = "attention"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
-        object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
-        widths = [self.channels * m for m in self.channel_mult]
-        if any(w % self.groups for w in widths):
-            raise DifflabError(f"classifier: every width {widths} must be divisible by groups={self.groups}")
-        if any(w % max(1, w // self.head_dim) for w in widths):
+        widths = list(self.trunk.widths)
+        if any(w % max(1, w // self.trunk.head_dim) for w in widths):
             raise DifflabError(f"classifier: every width {widths} must split into heads of about head_dim="
-                               f"{self.head_dim} channels")
-        if any(not 0 <= level < len(self.channel_mult) for level in self.attention_levels):
-            raise DifflabError(f"classifier.attention_levels must lie in 0..{len(self.channel_mult) - 1}")
+                               f"{self.trunk.head_dim} channels")
+        if self.trunk.num_classes is not None or self.trunk.text_dim is not None:
+            raise DifflabError("classifier.trunk: a classifier sees no labels or text; leave num_classes and "
+                               "text_dim unset")
         if self.num_classes < 2:
             raise DifflabError(f"classifier.num_classes must be >= 2, got {self.num_classes}")
         if self.pool not in ("attention", "mean"):
             raise DifflabError(f"classifier.pool must be attention or mean, got {self.pool!r}")
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> ClassifierConfig:
+        """The inverse of dataclasses.asdict: {"trunk": {UNetConfig's fields}, "num_classes": ..., "pool": ...}."""
+        return cls(UNetConfig(**spec["trunk"]), **{k: v for k, v in spec.items() if k != "trunk"})
 
 
 class AttentionPool(nn.Module):
@@ -81,36 +74,49 @@ class MeanPool(nn.Module):
 
 
 class NoiseAwareClassifier(nn.Module):
-    """net(x_t [B, C, H, W], timestep [B]) -> class logits [B, num_classes]; any H, W."""
+    """net(x_t [B, C, H, W], c_noise [B]) -> class logits [B, num_classes]; any H, W."""
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = config
-        ch = config.channels
-        embed_dim = 4 * ch
-        self.embed = TimestepEmbedding(ch, embed_dim)
-        self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
-        self.blocks = nn.ModuleList()
-        c = ch
-        widths = [ch * m for m in config.channel_mult]
-        for level, width in enumerate(widths):
-            for _ in range(config.num_res_blocks):
-                self.blocks.append(ResBlock(c, width, embed_dim, config.groups, config.dropout))
-                c = width
-                if level in config.attention_levels:
-                    self.blocks.append(SelfAttention(c, config.head_dim, config.groups))
-            if level < len(widths) - 1:
-                self.blocks.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
-        self.mid = nn.ModuleList([ResBlock(c, c, embed_dim, config.groups, config.dropout),
-                                  SelfAttention(c, config.head_dim, config.groups),
-                                  ResBlock(c, c, embed_dim, config.groups, config.dropout)])
-        self.pool = (AttentionPool(c, config.head_dim, config.groups) if config.pool == "attention"
-                     else MeanPool(c, config.groups))
+        self.trunk = UNetTrunk(config.trunk)
+        c = self.trunk.skip_widths[-1]
+        self.pool = (AttentionPool(c, config.trunk.head_dim, config.trunk.groups) if config.pool == "attention"
+                     else MeanPool(c, config.trunk.groups))
         self.head = nn.Linear(c, config.num_classes)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        emb = F.silu(self.embed(timestep))
-        h = self.conv_in(x)
-        for block in [*self.blocks, *self.mid]:
-            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
-        return self.head(self.pool(h))
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(self.trunk.features(x, c_noise).h))
+
+
+def legacy_module_names(trunk: UNetConfig) -> dict[str, str]:
+    """Old module name -> new for the flat classifier of difflab-classifier-1 files: its trunk was one list
+    `blocks` (per level: [ResBlock, SelfAttention if an attention level] per block, then the downsampling conv)
+    and `mid` = [ResBlock, SelfAttention, ResBlock]."""
+    names = {"embed": "trunk.embed", "conv_in": "trunk.conv_in",
+             "mid.0": "trunk.mid1", "mid.1": "trunk.mid_attn", "mid.2": "trunk.mid2"}
+    blocks = []
+    for level in range(len(trunk.channel_mult)):
+        for k in range(trunk.num_res_blocks):
+            blocks.append(f"trunk.down.{level}.blocks.{k}")
+            if level in trunk.attention_levels:
+                blocks.append(f"trunk.down.{level}.attns.{k}")
+        if level < len(trunk.channel_mult) - 1:
+            blocks.append(f"trunk.downsample.{level}")
+    return names | {f"blocks.{i}": name for i, name in enumerate(blocks)}
+
+
+def convert_legacy_classifier(config_dict: dict, weights: dict[str, torch.Tensor]
+                              ) -> tuple[ClassifierConfig, dict[str, torch.Tensor]]:
+    """A classifier of the old flat format (its config's fields as stored in metadata["config"]["network"], and
+    its state dict without the optimizer state) as the new config and state dict; the logits are unchanged."""
+    fields = dict(config_dict)
+    head = {name: fields.pop(name) for name in ("num_classes", "pool") if name in fields}
+    config = ClassifierConfig(UNetConfig(**fields), **head)
+    names = legacy_module_names(config.trunk)
+
+    def renamed(key: str) -> str:
+        old = next((old for old in names if key.startswith(old + ".")), None)
+        return key if old is None else names[old] + key[len(old):]  # pool and head keep their names
+
+    return config, {renamed(k): v for k, v in weights.items()}

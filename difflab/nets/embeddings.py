@@ -10,16 +10,17 @@ from torch import nn
 from difflab.conditioning import NULL_LABEL
 
 
-def sinusoidal_embedding(timestep: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    # Vaswani et al. 2017 / Ho et al. 2020: [cos(t w_i), sin(t w_i)], w_i = max_period^(-i / (dim/2))
+def sinusoidal_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    # Vaswani et al. 2017 / Ho et al. 2020: [cos(c w_i), sin(c w_i)], w_i = max_period^(-i / (dim/2))
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=timestep.device, dtype=torch.float32) / half)
-    args = timestep.float()[:, None] * freqs[None]
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=c_noise.device, dtype=torch.float32) / half)
+    args = c_noise.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
-class TimestepEmbedding(nn.Module):
-    """Sinusoidal features of the (continuous) timestep through a two-layer MLP, plus an optional class embedding.
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal features of the noise input c_noise (for VP models the continuous timestep) through a two-layer
+    MLP, plus an optional class embedding.
 
     The class table has num_classes + 1 rows; the last one is the learned null label (NULL_LABEL or no labels).
     """
@@ -33,10 +34,10 @@ class TimestepEmbedding(nn.Module):
         if self.class_embedding is not None:  # zero: adding classes to a trained network starts from its output
             nn.init.zeros_(self.class_embedding.weight)
 
-    def forward(self, timestep: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.mlp(sinusoidal_embedding(timestep, self.base_dim).to(self.mlp[0].weight.dtype))
+    def forward(self, c_noise: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self.mlp(sinusoidal_embedding(c_noise, self.base_dim).to(self.mlp[0].weight.dtype))
         if self.class_embedding is not None:
             if labels is None:
-                labels = torch.full((timestep.shape[0],), NULL_LABEL, device=timestep.device)
+                labels = torch.full((c_noise.shape[0],), NULL_LABEL, device=c_noise.device)
             emb = emb + self.class_embedding(torch.where(labels == NULL_LABEL, self.num_classes, labels))
         return emb

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from difflab.conditioning import Condition
-from difflab.nets.embeddings import TimestepEmbedding
+from difflab.nets.embeddings import NoiseEmbedding
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,11 @@ class MLPConfig:
     depth: int = 3
     num_classes: int | None = None
     learned_variance: bool = False  # doubles the output: [prediction, v] (Nichol & Dhariwal 2021, Eq. 15)
+
+    @property
+    def accepts(self) -> frozenset[str]:
+        """The condition kinds this network takes (difflab.conditioning.CONDITION_KINDS)."""
+        return frozenset() if self.num_classes is None else frozenset({"class"})
 
 
 class MLPBlock(nn.Module):
@@ -33,19 +38,19 @@ class MLPBlock(nn.Module):
 
 
 class MLPDenoiserNet(nn.Module):
-    """net(x_t [B, D], timestep [B], cond) -> prediction [B, D]; cond may carry class labels."""
+    """net(x_t [B, D], c_noise [B], cond) -> prediction [B, D]; cond may carry class labels."""
 
     def __init__(self, config: MLPConfig):
         super().__init__()
         self.config = config
-        self.embed = TimestepEmbedding(config.hidden, config.hidden, config.num_classes)
+        self.embed = NoiseEmbedding(config.hidden, config.hidden, config.num_classes)
         self.inp = nn.Linear(config.dim, config.hidden)
         self.blocks = nn.ModuleList(MLPBlock(config.hidden) for _ in range(config.depth))
         out_dim = config.dim * (2 if config.learned_variance else 1)
         self.out = nn.Linear(config.hidden, out_dim)  # no final norm: the residual stream keeps the input's scale
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
-        emb = nn.functional.silu(self.embed(timestep, None if cond is None else cond.labels))
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Condition | None = None) -> torch.Tensor:
+        emb = nn.functional.silu(self.embed(c_noise, None if cond is None else cond.labels))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

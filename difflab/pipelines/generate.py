@@ -1,8 +1,8 @@
-"""Unconditional / class-conditional generation: prior noise -> sampler over a grid -> samples in data space."""
+"""Generation: a start state (prior noise, or a noised start image) -> sampler over a grid -> decode -> samples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -14,59 +14,79 @@ from difflab.distributed import init_shard
 from difflab.errors import DifflabError
 from difflab.grids import GridKind, make_grid
 from difflab.guidance import Guidance
+from difflab.pipelines.start import check_start, cut_grid, noised_start, start_rows
 from difflab.samplers import get_sampler
 from difflab.samplers.common import StepInfo, randn_like
 
 NO_GUIDANCE = Guidance()
+Decode = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def generate(
+def generate_batches(
     denoiser: Denoiser, shape: tuple[int, ...], n: int, *, sampler: str = "ddim", steps: int = 50,
     grid: GridKind = "trailing", sections: str | None = None, seed: int = 0, batch: int = 64,
     cond: Condition | None = None, options: dict[str, Any] | None = None, progress: bool = False,
     callback: Callable[[int, StepInfo], None] | None = None, guidance: Guidance | None = None,
-) -> torch.Tensor:
-    """n samples of one example `shape`; sample i depends only on seed + i (not on the batch size).
-
-    `cond` holds n rows (one per sample) or is None for unconditional sampling; `guidance` (CFG, classifier,
-    thresholding) wraps the denoiser batch by batch, its negative condition sliced like `cond`.
-
-    `callback(batch_index, step_info)` sees every step. Samples are returned in float32 on the CPU.
-    """
+    start: torch.Tensor | None = None, sigma_start: float | None = None, start_noised: bool = False,
+    decode: Decode | None = None,
+) -> Iterator[torch.Tensor]:
+    """generate() batch by batch, each batch as soon as it is done."""
     if n <= 0:
         raise DifflabError(f"--n must be > 0, got {n}")
     if batch <= 0:
         raise DifflabError(f"--batch must be > 0, got {batch}")
     info = get_sampler(sampler)
     guidance = guidance or NO_GUIDANCE
-    guidance.check_sampler(sampler)
+    guidance.check(sampler, denoiser, cond)
     sigmas = make_grid(denoiser.schedule, steps, grid, sections)
+    if start is not None or sigma_start is not None:
+        check_start(start, sigma_start, n, shape)
+        sigmas = cut_grid(sigmas, sigma_start)
     device = next(denoiser.parameters()).device
-    out = []
-    bar = tqdm(total=n * steps, desc=f"{sampler} x{steps}", unit="step", disable=not progress, leave=False)
-    for b, start in enumerate(range(0, n, batch)):
-        size = min(batch, n - start)
-        generators = [torch.Generator(device).manual_seed(seed + start + i) for i in range(size)]
-        x = randn_like(torch.empty((size, *shape), dtype=torch.float64, device=device), generators)
-        x = x * denoiser.prior_std(float(sigmas[0]))
-        cond_b = None if cond is None else cond[start: start + size].to(device)
-        negative_b = guidance.negative_rows(start, start + size)
-        guided = guidance.wrap(denoiser, cond_b, None if negative_b is None else negative_b.to(device))
+    with tqdm(total=n * (len(sigmas) - 1), desc=f"{sampler} x{steps}", unit="step", disable=not progress,
+              leave=False) as bar:
+        for b, first in enumerate(range(0, n, batch)):
+            size = min(batch, n - first)
+            generators = [torch.Generator(device).manual_seed(seed + first + i) for i in range(size)]
+            noise = randn_like(torch.empty((size, *shape), dtype=torch.float64, device=device), generators)
+            if start is None:
+                x = noise * denoiser.prior_std(float(sigmas[0]))
+            else:
+                x = noised_start(start_rows(start, first, size).to(device, torch.float64), sigma_start, noise,
+                                 start_noised)
+            cond_b = None if cond is None else cond[first: first + size].to(device)
+            negative_b = guidance.negative_rows(first, first + size)
+            guided = guidance.wrap(denoiser, cond_b, None if negative_b is None else negative_b.to(device))
 
-        def step_callback(step: StepInfo, b=b, size=size) -> None:
-            bar.update(size)
-            if callback is not None:
-                callback(b, step)
+            def step_callback(step: StepInfo, b=b, size=size) -> None:
+                bar.update(size)
+                if callback is not None:
+                    callback(b, step)
 
-        x = info.fn(guided, x, sigmas.to(device), generator=generators, callback=step_callback, **(options or {}))
-        out.append(x.float().cpu())
-    bar.close()
-    return torch.cat(out)
+            x = info.fn(guided, x, sigmas.to(device), generator=generators, callback=step_callback,
+                        **(options or {}))
+            yield (x if decode is None else decode(x)).float().cpu()
+
+
+def generate(denoiser: Denoiser, shape: tuple[int, ...], n: int, **arguments: Any) -> torch.Tensor:
+    """n samples of one example `shape`; sample i depends only on seed + i (not on the batch size).
+
+    `cond` holds n rows (one per sample) or is None for unconditional sampling; `guidance` (CFG, classifier,
+    thresholding) wraps the denoiser batch by batch, its negative condition sliced like `cond`. Sampling starts from
+    prior noise at the grid's noisiest level, or from `start` [n or 1, *shape] at level `sigma_start`, below it: the
+    grid is cut there, and the start (samples in data space) gets noise of that level from each sample's generator,
+    unless it is `start_noised` already. `decode` maps the sampler's output to samples (default: identity, a pixel
+    model; a latent model's autoencoder decodes).
+
+    `callback(batch_index, step_info)` sees every step. Samples are returned in float32 on the CPU.
+    """
+    return torch.cat(list(generate_batches(denoiser, shape, n, **arguments)))
 
 
 def generate_sharded(denoiser: Denoiser, shape: tuple[int, ...], n: int, *, seed: int = 0, batch: int = 64,
-                     cond: Condition | None = None, guidance: Guidance | None = None, **options: Any) -> torch.Tensor:
+                     cond: Condition | None = None, guidance: Guidance | None = None,
+                     start: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
     """generate() split by whole batches over the torchrun processes; every process returns all n samples.
 
     Sample i still uses seed + i and sits in the same batch, so the union equals the single-process result.
@@ -81,5 +101,6 @@ def generate_sharded(denoiser: Denoiser, shape: tuple[int, ...], n: int, *, seed
     if hi > lo:
         part = generate(denoiser, shape, hi - lo, seed=seed + lo, batch=batch,
                         cond=None if cond is None else cond[lo:hi],
-                        guidance=None if guidance is None else guidance.select(lo, hi), **options)
+                        guidance=None if guidance is None else guidance.select(lo, hi),
+                        start=start if start is None or len(start) == 1 else start[lo:hi], **options)
     return shard.gather(part, n, batch)

@@ -10,6 +10,19 @@ from difflab.samplers import register
 from difflab.samplers.common import Callback, Generator, churn, report, sigma_batch, to_d
 
 
+def churned_euler_start(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, i: int, generator: Generator, callback: Callback, *,
+    s_churn: float, s_tmin: float, s_tmax: float, s_noise: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step i's start, shared by Euler and Heun (Alg. 2 lines 4-7): churn x to sigma_hat, denoise and report;
+    returns (x_hat, d = (x_hat - D(x_hat, sigma_hat)) / sigma_hat, dt = sigma_next - sigma_hat) in x's dtype."""
+    x, sigma_hat = churn(x, sigmas[i], len(sigmas) - 1, generator, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
+                         s_noise=s_noise)
+    x0_hat = denoiser(x, sigma_batch(sigma_hat, x))
+    report(callback, i, sigmas, x, x0_hat)
+    return x, to_d(x, sigma_batch(sigma_hat, x), x0_hat), (sigmas[i + 1] - sigma_hat).to(x.dtype)
+
+
 @register("euler", order=1, stochastic=False, nfe_per_step=1)
 @torch.no_grad()
 def sample_euler(
@@ -17,14 +30,10 @@ def sample_euler(
     s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
 ) -> torch.Tensor:
     """Euler on dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, Alg. 2 without the 2nd-order correction)."""
-    steps = len(sigmas) - 1
-    for i in range(steps):
-        x, sigma_hat = churn(x, sigmas[i], steps, generator, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
-                             s_noise=s_noise)
-        x0_hat = denoiser(x, sigma_batch(sigma_hat, x))
-        report(callback, i, sigmas, x, x0_hat)
-        d = to_d(x, sigma_batch(sigma_hat, x), x0_hat)
-        x = x + (sigmas[i + 1] - sigma_hat).to(x.dtype) * d  # Alg. 2 line 8
+    for i in range(len(sigmas) - 1):
+        x, d, dt = churned_euler_start(denoiser, x, sigmas, i, generator, callback, s_churn=s_churn, s_tmin=s_tmin,
+                                       s_tmax=s_tmax, s_noise=s_noise)
+        x = x + dt * d  # Alg. 2 line 8
     return x
 
 
@@ -35,15 +44,10 @@ def sample_heun(
     s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0,
 ) -> torch.Tensor:
     """Heun's 2nd-order method, Euler on the last step to sigma = 0 (Karras et al. 2022, Alg. 2, with S_churn)."""
-    steps = len(sigmas) - 1
-    for i in range(steps):
+    for i in range(len(sigmas) - 1):
         sigma_next = sigmas[i + 1]
-        x, sigma_hat = churn(x, sigmas[i], steps, generator, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax,
-                             s_noise=s_noise)
-        x0_hat = denoiser(x, sigma_batch(sigma_hat, x))
-        report(callback, i, sigmas, x, x0_hat)
-        d = to_d(x, sigma_batch(sigma_hat, x), x0_hat)
-        dt = (sigma_next - sigma_hat).to(x.dtype)
+        x, d, dt = churned_euler_start(denoiser, x, sigmas, i, generator, callback, s_churn=s_churn, s_tmin=s_tmin,
+                                       s_tmax=s_tmax, s_noise=s_noise)
         x_euler = x + dt * d  # Alg. 2 line 8
         if sigma_next == 0:
             x = x_euler

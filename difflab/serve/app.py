@@ -13,13 +13,14 @@ from fastapi.staticfiles import StaticFiles
 
 from difflab import __version__
 from difflab.images import to_uint8
-from difflab.serve.a1111 import offered_samplers, png_base64
+from difflab.pipelines.dialect import RequestError
+from difflab.pipelines.samplers import offered_samplers
+from difflab.serve.a1111 import png_base64
 from difflab.serve.generation import plan_txt2img, run_plan
 from difflab.serve.middleware import BasicAuth, BodyLimit
 from difflab.serve.model import ServedModel
 from difflab.serve.schemas import (MAX_BODY_BYTES, GenerationResponse, Img2ImgRequest, ModelInfo, ModelItem,
-                                   ProgressResponse, ProgressState, RequestError, SamplerItem, Txt2ImgRequest,
-                                   describe_error)
+                                   ProgressResponse, ProgressState, SamplerItem, Txt2ImgRequest, describe_error)
 from difflab.serve.worker import QueueFull, Worker
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -1,4 +1,5 @@
-"""txt2img for the API: check a request against the model (plan), then sample and encode it (run_plan)."""
+"""txt2img for the API: a body in the web UI's terms turned into the pipeline's Request and checked against the model
+(plan_txt2img), then sampled and encoded (run_plan)."""
 
 from __future__ import annotations
 
@@ -9,94 +10,84 @@ from typing import Any
 
 import torch
 
-from difflab.conditioning import Condition
-from difflab.errors import DifflabError
-from difflab.grids import GridKind, make_grid
-from difflab.guidance import Guidance
 from difflab.images import to_uint8
-from difflab.pipelines.conditions import accepts_text, request_condition
-from difflab.pipelines.generate import generate
+from difflab.pipelines.dialect import WEB_UI_NEUTRAL_CFG, Dialect, RequestError
+from difflab.pipelines.guidance import GuidanceRequest
+from difflab.pipelines.request import Plan, Request, plan_request
+from difflab.pipelines.samplers import offered_samplers
 from difflab.samplers.common import Interrupted
-from difflab.serve.a1111 import SamplerName, infotext, png_base64, resolve_sampler
+from difflab.serve.a1111 import infotext, png_base64, scheduler_grid
 from difflab.serve.model import ServedModel
-from difflab.serve.schemas import MAX_SEED, RequestError, Txt2ImgRequest
+from difflab.serve.schemas import MAX_SEED, Txt2ImgRequest
 from difflab.serve.worker import Job
 
-NEUTRAL_CFG_SCALE = 1.0
+# the web UI's names of the Request fields whose names differ (a class-only model's class is its prompt)
+WEB_UI_NAMES = {"label": "prompt", "negative_label": "negative_prompt", "cfg": "cfg_scale", "sampler": "sampler_name",
+                "grid": "scheduler"}
 
 
 @dataclass(frozen=True)
-class Plan:
-    """A request checked against the model, with its seed drawn and its prompt resolved."""
+class Txt2Img:
+    """A body checked against the model: the pipeline's plan, and what the answer reports."""
 
-    request: Txt2ImgRequest
-    sampler: SamplerName
-    grid: GridKind
-    seed: int
-    prompt: str  # as used: "" when the model ignores it; free text on a text-conditional model
-    label: int | None  # class index on a class-only model; None samples unconditionally (or from the prompt text)
+    body: Txt2ImgRequest
+    plan: Plan
+    cfg_scale: float  # the UI's scale 1 + w (difflab.guidance)
     warnings: tuple[str, ...]
-    cfg_scale: float = NEUTRAL_CFG_SCALE  # the UI's scale 1 + w (difflab.guidance)
-    negative_prompt: str = ""  # as used: "" when there is none or it has no effect
-    negative_label: int | None = None  # the class CFG guides away from instead of the null label
 
-    def condition(self, model: ServedModel) -> Condition | None:
-        """One row: the class label, or the prompt's text on a model that takes text; None: unconditional."""
-        text = self.prompt if accepts_text(model.config) else None
-        return request_condition(model.config, label=self.label, prompt=text)
+    @property
+    def prompt(self) -> str:
+        """As used: the class name on a class-only model, the text on a text model, "" when none or ignored."""
+        return shown(self.plan.request.label, self.plan.request.prompt, self.plan.class_names)
 
-    def guidance(self, model: ServedModel) -> Guidance | None:
-        """Classifier-free guidance with w = cfg_scale - 1 (None at cfg_scale 1); the negative prompt (text or
-        class) replaces the null condition."""
-        if self.cfg_scale == NEUTRAL_CFG_SCALE:
-            return None
-        text = self.negative_prompt if accepts_text(model.config) else None
-        negative = request_condition(model.config, label=self.negative_label, prompt=text)
-        return Guidance(cfg=self.cfg_scale - NEUTRAL_CFG_SCALE, negative=negative)
+    @property
+    def negative_prompt(self) -> str:
+        guidance = self.plan.request.guidance
+        return shown(guidance.negative_label, guidance.negative_prompt, self.plan.class_names)
 
     def job(self) -> Job:
-        return Job(self.request.n_iter, self.request.steps, self.request.batch_size)
+        return Job(self.body.n_iter, self.body.steps, self.body.batch_size)
 
 
-def plan_txt2img(request: Txt2ImgRequest, model: ServedModel) -> Plan:
+def shown(label: int | None, prompt: str | None, class_names: tuple[str, ...] | None) -> str:
+    return class_names[label] if label is not None else prompt or ""
+
+
+def web_ui_dialect(model: ServedModel) -> Dialect:
+    return Dialect(WEB_UI_NAMES, model=f"model {model.name}", web_ui=True)
+
+
+def plan_txt2img(body: Txt2ImgRequest, model: ServedModel) -> Txt2Img:
     """Everything the model cannot honour is a RequestError naming the field; what it ignores becomes a warning."""
-    sampler, grid = resolve_sampler(request.sampler_name or request.sampler_index, request.scheduler)
-    for field, value, size in (("width", request.width, model.width), ("height", request.height, model.height)):
+    for field, value, size in (("width", body.width, model.width), ("height", body.height, model.height)):
         if value is not None and value != size:
             raise RequestError(field, f"{field} must be {size}: model {model.name} makes {model.width}x{model.height} "
                                       f"images; got {value}")
-    try:
-        make_grid(model.denoiser.schedule, request.steps, grid)
-    except DifflabError as err:
-        raise RequestError("steps", str(err)) from None
-    cfg_scale = NEUTRAL_CFG_SCALE if request.cfg_scale is None else request.cfg_scale
-    warnings = [f"{field} ignored: {value!r} asks for something difflab does not do"
-                for field, value in (request.model_extra or {}).items() if value not in (None, False, 0, "", [], {})]
-    if model.conditioning == "none":
-        if cfg_scale != NEUTRAL_CFG_SCALE:
-            raise RequestError("cfg_scale", f"cfg_scale must be {NEUTRAL_CFG_SCALE:g} (no guidance): model "
-                                            f"{model.name} has no condition to guide by; got {cfg_scale:g}")
-        warnings += [f"{field} ignored: model {model.name} is unconditional" for field in ("prompt", "negative_prompt")
-                     if getattr(request, field).strip()]
-        prompt, label, negative, negative_label = "", None, "", None
-    else:
-        if cfg_scale < NEUTRAL_CFG_SCALE:
-            raise RequestError("cfg_scale", f"cfg_scale must lie in {NEUTRAL_CFG_SCALE:g}..30 on model {model.name} "
-                                            f"(1 is no guidance; classifier-free guidance weight w = cfg_scale - 1); "
-                                            f"got {cfg_scale:g}")
-        if accepts_text(model.config):  # free text, encoded by the frozen text encoder
-            label, negative_label = None, None
-            prompt, negative = request.prompt.strip(), request.negative_prompt.strip()
-        else:
-            label = class_label(request.prompt, model, "prompt")
-            negative_label = class_label(request.negative_prompt, model, "negative_prompt")
-            prompt = "" if label is None else model.class_names[label]
-            negative = "" if negative_label is None else model.class_names[negative_label]
-        if negative and cfg_scale == NEUTRAL_CFG_SCALE:
-            warnings.append("negative_prompt ignored: it acts only through guidance, with cfg_scale > 1")
-            negative, negative_label = "", None
-    seed = request.seed if request.seed != -1 else secrets.randbelow(MAX_SEED + 1)
-    return Plan(request, sampler, grid, seed, prompt, label, tuple(warnings), cfg_scale, negative, negative_label)
+    cfg_scale = WEB_UI_NEUTRAL_CFG if body.cfg_scale is None else body.cfg_scale
+    if cfg_scale < WEB_UI_NEUTRAL_CFG and model.conditioning != "none":
+        raise RequestError("cfg_scale", f"cfg_scale must lie in {WEB_UI_NEUTRAL_CFG:g}..30 on model {model.name} "
+                                        f"(1 is no guidance; classifier-free guidance weight w = cfg_scale - 1); "
+                                        f"got {cfg_scale:g}")
+    label, prompt = prompt_fields(body.prompt, model, "prompt")
+    negative_label, negative_prompt = prompt_fields(body.negative_prompt, model, "negative_prompt")
+    guidance = GuidanceRequest(cfg=None if cfg_scale == WEB_UI_NEUTRAL_CFG else cfg_scale - WEB_UI_NEUTRAL_CFG,
+                               negative_label=negative_label, negative_prompt=negative_prompt)
+    request = Request(label=label, prompt=prompt, guidance=guidance,
+                      sampler=body.sampler_name or body.sampler_index or offered_samplers()[0].name,
+                      grid=scheduler_grid(body.scheduler), steps=body.steps, n=body.batch_size * body.n_iter,
+                      seed=body.seed if body.seed != -1 else secrets.randbelow(MAX_SEED + 1), batch=body.batch_size)
+    plan = plan_request(request, model.denoiser, model.config, web_ui_dialect(model))
+    extra = [f"{field} ignored: {value!r} asks for something difflab does not do"
+             for field, value in (body.model_extra or {}).items() if value not in (None, False, 0, "", [], {})]
+    return Txt2Img(body, plan, cfg_scale, (*extra, *plan.warnings))
+
+
+def prompt_fields(prompt: str, model: ServedModel, field: str) -> tuple[int | None, str | None]:
+    """(label, prompt) of a prompt `field`: a class on a class-only model, else text (which the pipeline drops, with
+    a warning, on an unconditional model)."""
+    if model.conditioning == "class":
+        return class_label(prompt, model, field), None
+    return None, prompt.strip() or None
 
 
 def class_label(prompt: str, model: ServedModel, field: str) -> int | None:
@@ -115,38 +106,34 @@ def class_label(prompt: str, model: ServedModel, field: str) -> int | None:
                               f"{', '.join(names)}) or empty; got {prompt!r}")
 
 
-def run_plan(plan: Plan, model: ServedModel, job: Job) -> dict[str, Any]:
-    """Sample the plan batch by batch (image i from seed + i) and answer as the UI does; an interrupt keeps the
-    batches already finished."""
-    request = plan.request
+def run_plan(txt2img: Txt2Img, model: ServedModel, job: Job) -> dict[str, Any]:
+    """Sample batch by batch (image i from seed + i) and answer as the UI does; an interrupt keeps the batches
+    already finished."""
+    body, plan = txt2img.body, txt2img.plan
     batches: list[torch.Tensor] = []
-    row, guidance = plan.condition(model), plan.guidance(model)
-    cond = None if row is None else row.repeat(request.batch_size)
     try:
-        for k in range(request.n_iter):
-            batches.append(generate(
-                model.denoiser, model.config.data_shape, request.batch_size, sampler=plan.sampler.sampler,
-                steps=request.steps, grid=plan.grid, seed=plan.seed + k * request.batch_size,
-                batch=request.batch_size, cond=cond, guidance=guidance,
-                callback=lambda _, step, k=k: job.report(k, step)))
+        for batch in plan.batches(callback=job.report):
+            batches.append(batch)
     except Interrupted:
         pass
     images = to_uint8(torch.cat(batches)) if batches else []
-    seeds = [plan.seed + i for i in range(len(images))]
-    texts = [infotext(prompt=plan.prompt, negative_prompt=plan.negative_prompt, steps=request.steps,
-                      sampler=plan.sampler.name, scheduler=request.scheduler, cfg_scale=plan.cfg_scale, seed=seed,
-                      width=model.width, height=model.height, model_name=model.name, model_hash=model.short_hash)
+    first_seed = plan.request.seed
+    seeds = [first_seed + i for i in range(len(images))]
+    prompt, negative_prompt = txt2img.prompt, txt2img.negative_prompt
+    texts = [infotext(prompt=prompt, negative_prompt=negative_prompt, steps=body.steps, sampler=plan.sampler.name,
+                      scheduler=body.scheduler, cfg_scale=txt2img.cfg_scale, seed=seed, width=model.width,
+                      height=model.height, model_name=model.name, model_hash=model.short_hash)
              for seed in seeds]
     info = {
-        "prompt": plan.prompt, "all_prompts": [plan.prompt] * len(seeds), "negative_prompt": plan.negative_prompt,
-        "seed": plan.seed, "all_seeds": seeds, "width": model.width, "height": model.height,
-        "sampler_name": plan.sampler.name, "cfg_scale": plan.cfg_scale, "steps": request.steps,
-        "batch_size": request.batch_size, "n_iter": request.n_iter, "sd_model_name": model.name,
+        "prompt": prompt, "all_prompts": [prompt] * len(seeds), "negative_prompt": negative_prompt,
+        "seed": first_seed, "all_seeds": seeds, "width": model.width, "height": model.height,
+        "sampler_name": plan.sampler.name, "cfg_scale": txt2img.cfg_scale, "steps": body.steps,
+        "batch_size": body.batch_size, "n_iter": body.n_iter, "sd_model_name": model.name,
         "sd_model_hash": model.short_hash, "index_of_first_image": 0, "infotexts": texts,
-        "class_label": plan.label, "difflab_sampler": plan.sampler.sampler, "grid": plan.grid,
-        "interrupted": len(batches) < request.n_iter, "warnings": list(plan.warnings),
+        "class_label": plan.request.label, "difflab_sampler": plan.sampler.sampler, "grid": plan.sampler.grid,
+        "interrupted": len(batches) < body.n_iter, "warnings": list(txt2img.warnings),
     }
-    parameters = {**request.model_dump(), "seed": plan.seed, "sampler_name": plan.sampler.name,
-                  "cfg_scale": plan.cfg_scale, "width": model.width, "height": model.height}
+    parameters = {**body.model_dump(), "seed": first_seed, "sampler_name": plan.sampler.name,
+                  "cfg_scale": txt2img.cfg_scale, "width": model.width, "height": model.height}
     return {"images": [png_base64(image, text) for image, text in zip(images, texts)], "parameters": parameters,
             "info": json.dumps(info)}

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
-from difflab.pipelines.conditions import accepts_class, accepts_text
+from difflab.pipelines.conditions import accepted
 from difflab.text.encoder import text_encoder
-from difflab.train.checkpoint import load_denoiser
+from difflab.model import load_model
 from difflab.train.config import ExperimentConfig
 
 
@@ -33,7 +33,8 @@ class ServedModel:
     @property
     def conditioning(self) -> str:
         """What a prompt is to this model: 'none' (ignored), 'class' (a class name) or 'text' (free text)."""
-        return "text" if accepts_text(self.config) else "class" if accepts_class(self.config) else "none"
+        kinds = accepted(self.config)
+        return "text" if "text" in kinds else "class" if "class" in kinds else "none"
 
     @property
     def channels(self) -> int:
@@ -51,13 +52,14 @@ class ServedModel:
 def load_served_model(path: str | Path) -> ServedModel:
     """Load an image checkpoint; points (toy 2-D data) cannot be served as pictures."""
     path = Path(path)
-    denoiser, checkpoint = load_denoiser(path)
+    model = load_model(path)
+    denoiser, checkpoint = model.denoiser, model.checkpoint
     shape = checkpoint.config.data_shape
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise DifflabError(f"checkpoint {path} makes samples of shape {list(shape)}; serve needs images "
                            f"[channels 1 or 3, height, width]")
     # checkpoint.safetensors / model.safetensors are named by their folder
     name = path.parent.name if path.stem in ("checkpoint", "model") else path.stem
-    if accepts_text(checkpoint.config):
+    if "text" in accepted(checkpoint.config):
         text_encoder()  # load the prompt encoder now rather than in the first request
     return ServedModel(denoiser, checkpoint.config, name, path.name, hashlib.sha256(path.read_bytes()).hexdigest())

@@ -14,14 +14,6 @@ MAX_PROMPT = 2000  # characters
 MAX_BODY_BYTES = 1 << 20  # request bodies larger than this are refused with 413
 
 
-class RequestError(Exception):
-    """A field the model or server cannot honour; answered with 422 and the message, which names the field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field, self.message = field, message
-
-
 class Txt2ImgRequest(BaseModel):
     """POST /sdapi/v1/txt2img. Fields of that API that difflab does not use are accepted and listed in
     `info.warnings` when they ask for something (a value other than false/0/empty/null)."""

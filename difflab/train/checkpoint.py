@@ -1,10 +1,16 @@
-"""Self-describing checkpoints: one safetensors file holding weights, EMA, optimizer and RNG state, with
-the full experiment config in its metadata (and a config.json beside it). Written atomically."""
+"""Components: one self-describing safetensors file per trained part, written atomically.
+
+A file holds one component: its kind ("denoiser", "classifier"), its config (in the metadata, and in a
+config.json beside it), its weights (`model.*`, and `ema.*`) and, while it trains, the optimizer, RNG and
+objective state that --resume continues from. Components it uses but does not train (frozen) are referred to by
+path and sha256 in the metadata ("refs"), never copied.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,7 +19,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from difflab.denoiser import Denoiser
+from difflab.denoiser import Denoiser, build_precond
 from difflab.errors import DifflabError
 from difflab.images import atomic_write
 from difflab.nets import build_network
@@ -21,14 +27,56 @@ from difflab.schedules import DiscreteSchedule
 from difflab.train.config import ExperimentConfig
 
 FORMAT = "difflab-checkpoint-1"
+LEGACY_CLASSIFIER = "difflab-classifier-1"  # the classifier's own format before components
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ComponentRef:
+    """A frozen component a file uses: its kind, where it was and the sha256 of its bytes."""
+
+    kind: str
+    path: str
+    sha256: str
+
+    @classmethod
+    def to(cls, kind: str, path: str | Path) -> ComponentRef:
+        return cls(kind, str(Path(path).resolve()), sha256_file(path))
+
+    def check(self, name: str) -> Path:
+        """The referred file, after checking it is still the one trained against."""
+        path = Path(self.path)
+        if not path.is_file():
+            raise DifflabError(f"frozen component {name!r} ({self.kind}) not found at {path}")
+        if sha256_file(path) != self.sha256:
+            raise DifflabError(f"frozen component {name!r} at {path} has changed since it was referred to "
+                               f"(sha256 {self.sha256[:10]} expected)")
+        return path
+
+
+def config_from_dict(kind: str, spec: dict):
+    """The typed config of a component kind."""
+    if kind == "denoiser":
+        return ExperimentConfig.from_dict(spec)
+    if kind == "classifier":
+        from difflab.train.classifier_config import ClassifierSpec
+
+        return ClassifierSpec.from_dict(spec)
+    raise DifflabError(f"unknown component kind {kind!r}")
 
 
 @dataclass
 class Checkpoint:
-    config: ExperimentConfig
+    config: ExperimentConfig  # or the config of another kind (a ClassifierSpec for "classifier")
     step: int
     tensors: dict[str, torch.Tensor]
     optimizer_groups: list[dict] | None
+    kind: str = "denoiser"
+    refs: dict[str, ComponentRef] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def section(self, prefix: str) -> dict[str, torch.Tensor]:
         """The tensors stored under `prefix.` with the prefix removed."""
@@ -37,20 +85,25 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: str | Path, config: ExperimentConfig, step: int, *, model: nn.Module, ema: nn.Module | None = None,
+    path: str | Path, config, step: int, *, model: nn.Module, kind: str = "denoiser", ema: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None, rng: dict[str, torch.Tensor] | None = None,
     scaler: torch.amp.GradScaler | None = None, sections: dict[str, dict[str, torch.Tensor]] | None = None,
+    refs: dict[str, ComponentRef] | None = None, extra_metadata: dict[str, str] | None = None,
 ) -> None:
-    """Write the checkpoint atomically (temporary file, fsync, rename), then config.json beside it.
+    """Write the component file atomically (temporary file, fsync, rename), then config.json beside it.
 
-    `sections` holds further training state (e.g. {"importance": sampler.state_dict()}), read back by
-    Checkpoint.section(name).
+    `config` has to_dict(); `sections` holds further training state (e.g. {"importance": sampler.state_dict()}),
+    read back by Checkpoint.section(name); `refs` names the frozen components used; `extra_metadata` adds strings
+    (e.g. a classifier's test accuracy).
 
     Tensors are stored from the CPU, so a checkpoint written on a GPU loads anywhere."""
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if ema is not None:
         tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
-    metadata = {"format": FORMAT, "step": str(step), "config": json.dumps(config.to_dict())}
+    metadata = {**(extra_metadata or {}), "format": FORMAT, "kind": kind, "step": str(step),
+                "config": json.dumps(config.to_dict())}
+    if refs:
+        metadata["refs"] = json.dumps({name: asdict(ref) for name, ref in refs.items()})
     if optimizer is not None:
         optim, metadata["optimizer_groups"] = optimizer_tensors(optimizer)
         tensors.update(optim)
@@ -83,18 +136,29 @@ def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tenso
     return tensors, metadata
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint, its tensors on the CPU whatever device wrote them; any damage or foreign file gives a
-    DifflabError naming the path."""
+def load_checkpoint(path: str | Path, kind: str | None = "denoiser") -> Checkpoint:
+    """Read a component file, its tensors on the CPU whatever device wrote them; any damage, foreign file or other
+    kind than `kind` (None: any) gives a DifflabError naming the path. Files written before components had kinds
+    hold a denoiser."""
     tensors, metadata = read_safetensors(path, "checkpoint")
+    if metadata.get("format") == LEGACY_CLASSIFIER:
+        raise DifflabError(f"{path} is a classifier in the format before components; convert it once with "
+                           f"`difflab convert-classifier {path} NEW.safetensors`")
     if metadata.get("format") != FORMAT:
         raise DifflabError(f"checkpoint {path} is not a difflab checkpoint (format {metadata.get('format')!r})")
+    found = metadata.get("kind", "denoiser")
+    if kind is not None and found != kind:
+        raise DifflabError(f"{path} holds a {found}, not a {kind}")
     groups = metadata.get("optimizer_groups")
+    refs = {name: ComponentRef(**ref) for name, ref in json.loads(metadata.get("refs", "{}")).items()}
     return Checkpoint(
-        config=ExperimentConfig.from_dict(json.loads(metadata["config"])),
+        config=config_from_dict(found, json.loads(metadata["config"])),
         step=int(metadata["step"]),
         tensors=tensors,
         optimizer_groups=None if groups is None else json.loads(groups),
+        kind=found,
+        refs=refs,
+        metadata=metadata,
     )
 
 
@@ -164,4 +228,10 @@ def load_denoiser(path: str | Path, prefer_ema: bool = True) -> tuple[Denoiser, 
         net.load_state_dict(weights)
     except RuntimeError as err:
         raise DifflabError(f"checkpoint {path}: weights do not fit its network config ({str(err).splitlines()[0]})") from None
-    return Denoiser(net, DiscreteSchedule(config.schedule), config.prediction).eval(), checkpoint
+    return build_denoiser(net, config).eval(), checkpoint
+
+
+def build_denoiser(net: nn.Module, config: ExperimentConfig, learned_variance: bool | None = None) -> Denoiser:
+    """The experiment's network inside its preconditioning (VP over its schedule, or EDM)."""
+    precond = build_precond(config.precond, DiscreteSchedule(config.schedule), config.prediction)
+    return Denoiser(net, precond, learned_variance)

@@ -6,12 +6,17 @@ from typing import Literal
 
 import torch
 
-from difflab.conditioning import Condition
+from difflab.conditioning import Condition, ConditionKind
 from difflab.data import Dataset
 from difflab.data.captions import Captioner
 
 CondKind = Literal["none", "class", "text", "class+text"]
 COND_KINDS = ("none", "class", "text", "class+text")
+
+
+def condition_kinds(kind: CondKind) -> frozenset[ConditionKind]:
+    """The condition kinds a --cond value trains: "class+text" -> {class, text}, "none" -> {}."""
+    return frozenset(kind.split("+")) - {"none"}
 
 
 class TrainingConditions:
@@ -23,23 +28,24 @@ class TrainingConditions:
     """
 
     def __init__(self, kind: CondKind, p_uncond: float, data: Dataset):
-        self.kind, self.p_uncond = kind, p_uncond
+        self.kinds, self.p_uncond = condition_kinds(kind), p_uncond
         self.captioner = self.captions = None
-        if "text" in kind:
+        if "text" in self.kinds:
             from difflab.text.encoder import text_encoder
 
             self.captioner = Captioner.for_dataset(data)
             self.captions = text_encoder().encode(self.captioner.captions)  # every caption encoded once
 
     def __call__(self, index: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> Condition | None:
-        if self.kind == "none":
+        if not self.kinds:
             return None
+        # the draws, in this order and only for the kinds in use, are part of exact resume: keep them
         drop = torch.rand(labels.shape, generator=generator) < self.p_uncond
         text = None
         if self.captioner is not None:
             text = self.captions[self.captioner.sample(index, labels, generator)]
-        cond = Condition(labels if "class" in self.kind else None, text)
-        if self.kind == "class+text":
+        cond = Condition(labels if "class" in self.kinds else None, text)
+        if self.kinds == {"class", "text"}:
             use_text = torch.rand(labels.shape, generator=generator) < 0.5
-            cond = Condition(cond.drop(use_text).labels, text.drop(~use_text))
+            cond = cond.drop(use_text, kinds=("class",)).drop(~use_text, kinds=("text",))
         return cond.drop(drop)

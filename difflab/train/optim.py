@@ -13,20 +13,22 @@ def learning_rate(step: int, lr: float, warmup: int) -> float:
     return lr * min(1.0, (step + 1) / max(warmup, 1))
 
 
-def build_optimizer(net: nn.Module, lr: float, weight_decay: float, label_lr_scale: float) -> torch.optim.AdamW:
-    """AdamW over every parameter; with label_lr_scale != 1 the class-label table is a group of its own.
+def param_groups(net: nn.Module, label_lr_scale: float) -> list[dict]:
+    """AdamW groups over every trainable parameter; with label_lr_scale != 1 the class-label table is a group of
+    its own.
 
     Adam moves each coordinate by about lr per step whatever the gradient's size, so a zero-initialised label
     table fine-tuned at a small lr stays far smaller than the time embedding it is added to; scaling its rate
     lets the label grow to that size in a few thousand steps.
     """
     split = label_lr_scale != 1.0  # one group otherwise, as in checkpoints written before the option existed
-    labels = [p for name, p in net.named_parameters() if split and name.endswith(LABEL_TABLE)]
-    rest = [p for name, p in net.named_parameters() if not (split and name.endswith(LABEL_TABLE))]
+    named = [(name, p) for name, p in net.named_parameters() if p.requires_grad]
+    labels = [p for name, p in named if split and name.endswith(LABEL_TABLE)]
+    rest = [p for name, p in named if not (split and name.endswith(LABEL_TABLE))]
     groups = [{"params": rest, "lr_scale": 1.0}]
     if labels:
         groups.append({"params": labels, "lr_scale": label_lr_scale})
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return groups
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

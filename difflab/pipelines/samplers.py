@@ -1,0 +1,128 @@
+"""The sampler a request names, the grid it runs on, and the sampler options it may pass.
+
+A name is a difflab sampler (`difflab samplers`, on the trailing grid unless a grid is given) or one of the
+AUTOMATIC1111 web UI's names ("DPM++ 2M Karras"), each of which stands for a difflab sampler on a grid.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from difflab.grids import GridKind
+from difflab.pipelines.dialect import Dialect
+from difflab.samplers import SAMPLERS
+
+DEFAULT_GRID: GridKind = "trailing"  # of a difflab sampler named without a grid, on a discrete schedule
+SIGMA_GRIDS = ("karras", "log_snr")  # grids spaced in sigma, which need no timestep table
+
+
+@dataclass(frozen=True)
+class SamplerName:
+    """One sampler as its caller names it (a web UI name comes with the aliases its API accepts) and what runs it."""
+
+    name: str
+    sampler: str  # difflab registry name
+    grid: GridKind
+    aliases: tuple[str, ...] = ()
+
+
+# The UI's names (modules/sd_samplers_kdiffusion.py and sd_samplers_timesteps.py). Its "Automatic" schedule on a
+# discrete model is k-diffusion's DiscreteSchedule.get_sigmas, timesteps evenly spaced from T-1 down to 0 ("linspace");
+# "Karras" is Karras et al. 2022, Eq. 5 with rho = 7; "Exponential" is uniform in log sigma ("log_snr"); DDIM, PLMS
+# and UniPC use CompVis' uniform timestep spacing ("leading"). Only entries whose sampler is registered are offered.
+SAMPLER_NAMES: tuple[SamplerName, ...] = (
+    SamplerName("Euler a", "euler_ancestral", "linspace", ("k_euler_a", "k_euler_ancestral")),
+    SamplerName("Euler", "euler", "linspace", ("k_euler",)),
+    SamplerName("LMS", "lms", "linspace", ("k_lms",)),
+    SamplerName("Heun", "heun", "linspace", ("k_heun",)),
+    SamplerName("DPM2", "dpm_2", "linspace", ("k_dpm_2",)),
+    SamplerName("DPM2 a", "dpm_2_ancestral", "linspace", ("k_dpm_2_a",)),
+    SamplerName("DPM++ 2S a", "dpmpp_2s_ancestral", "linspace", ("k_dpmpp_2s_a",)),
+    SamplerName("DPM++ 2M", "dpmpp_2m", "linspace", ("k_dpmpp_2m",)),
+    SamplerName("DPM++ SDE", "dpmpp_sde", "linspace", ("k_dpmpp_sde",)),
+    SamplerName("DPM++ 2M SDE", "dpmpp_2m_sde", "linspace", ("k_dpmpp_2m_sde",)),
+    SamplerName("DPM++ 3M SDE", "dpmpp_3m_sde", "linspace", ("k_dpmpp_3m_sde",)),
+    SamplerName("LMS Karras", "lms", "karras", ("k_lms_ka",)),
+    SamplerName("DPM2 Karras", "dpm_2", "karras", ("k_dpm_2_ka",)),
+    SamplerName("DPM2 a Karras", "dpm_2_ancestral", "karras", ("k_dpm_2_a_ka",)),
+    SamplerName("DPM++ 2S a Karras", "dpmpp_2s_ancestral", "karras", ("k_dpmpp_2s_a_ka",)),
+    SamplerName("DPM++ 2M Karras", "dpmpp_2m", "karras", ("k_dpmpp_2m_ka",)),
+    SamplerName("DPM++ SDE Karras", "dpmpp_sde", "karras", ("k_dpmpp_sde_ka",)),
+    SamplerName("DPM++ 2M SDE Karras", "dpmpp_2m_sde", "karras", ("k_dpmpp_2m_sde_ka",)),
+    SamplerName("DPM++ 2M SDE Exponential", "dpmpp_2m_sde", "log_snr", ("k_dpmpp_2m_sde_exp",)),
+    SamplerName("DPM++ 3M SDE Karras", "dpmpp_3m_sde", "karras", ("k_dpmpp_3m_sde_ka",)),
+    SamplerName("DPM++ 3M SDE Exponential", "dpmpp_3m_sde", "log_snr", ("k_dpmpp_3m_sde_exp",)),
+    SamplerName("DDIM", "ddim", "leading", ("ddim",)),
+    SamplerName("PLMS", "plms", "leading", ("plms",)),
+    SamplerName("UniPC", "unipc", "leading", ("unipc",)),
+)
+
+# option name -> (is the value allowed, the allowed range in words); the CLI checks choices in argparse
+OPTION_RANGES = {
+    "eta": (lambda v: v >= 0, ">= 0"),
+    "s_churn": (lambda v: v >= 0, ">= 0"),
+    "s_tmin": (lambda v: v >= 0, ">= 0"),
+    "s_tmax": (lambda v: v > 0, "> 0"),
+    "s_noise": (lambda v: v > 0, "> 0"),
+    "rtol": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "atol": (lambda v: v > 0, "> 0"),
+    "snr": (lambda v: v > 0, "> 0"),
+    "langevin_steps": (lambda v: v >= 1, ">= 1"),
+    "step_size": (lambda v: v > 0, "> 0"),
+    "variance": (lambda v: True, ""),
+    "sde": (lambda v: True, ""),
+}
+
+
+def offered_samplers() -> list[SamplerName]:
+    """The web UI entries whose difflab sampler is registered, in the UI's order; the first is its default."""
+    return [entry for entry in SAMPLER_NAMES if entry.sampler in SAMPLERS]
+
+
+def resolve_sampler(name: str, grid: GridKind | None, dialect: Dialect,
+                    model_grid: GridKind = DEFAULT_GRID) -> SamplerName:
+    """What `name` runs, on `grid` or else the grid the name implies: a difflab sampler (the CLI's own names win),
+    else a web UI name or alias in any case (the only names the web UI dialect takes).
+
+    `model_grid` is the model's default grid (Denoiser.default_grid): a difflab name runs on it, and on a model with
+    continuous noise levels (an EDM model: karras) a web UI name that implies timestep spacing runs on it too."""
+    if not dialect.web_ui and name in SAMPLERS:
+        return SamplerName(name, name, grid or model_grid)
+    offered = offered_samplers()
+    web_ui_names = ", ".join(entry.name for entry in offered)
+    valid = web_ui_names if dialect.web_ui else f"{', '.join(sorted(SAMPLERS))} or a web UI name ({web_ui_names})"
+    matches = [entry for entry in SAMPLER_NAMES if name.lower() in (entry.name.lower(), *entry.aliases)]
+    if not matches:
+        raise dialect.error("sampler", f"unknown sampler {name!r}: {dialect.name('sampler')} must be one of {valid}")
+    if matches[0] not in offered:
+        raise dialect.refuse("sampler", f"{name!r} needs sampler {matches[0].sampler!r}, which difflab does not have "
+                                        f"yet; choose from {valid}")
+    implied = model_grid if model_grid in SIGMA_GRIDS and matches[0].grid not in SIGMA_GRIDS else matches[0].grid
+    return replace(matches[0], grid=grid or implied)
+
+
+def choose_sampler(name: str, grid: GridKind | None, sections: str | None, options: Mapping[str, Any],
+                   denoiser, dialect: Dialect) -> tuple[SamplerName, dict[str, Any]]:
+    """The sampler and grid a request names, and its options checked against them and the model (its default grid,
+    whether it learned its variance); an option the sampler or the model cannot take is an error."""
+    sampler = resolve_sampler(name, grid, dialect, denoiser.default_grid)
+    accepted = inspect.signature(SAMPLERS[sampler.sampler].fn).parameters
+    for option, value in options.items():
+        if option not in accepted or option not in OPTION_RANGES:
+            raise dialect.refuse(option, f"does not apply to sampler {sampler.name!r}")
+        allowed, words = OPTION_RANGES[option]
+        if not allowed(value):
+            raise dialect.refuse(option, f"must be {words}, got {value}")
+    if options.get("s_tmin", 0.0) > options.get("s_tmax", float("inf")):
+        raise dialect.refuse("s_tmin", f"must be <= {dialect.name('s_tmax')}, got {options['s_tmin']} > "
+                                       f"{options['s_tmax']}")
+    if sections is not None and sampler.grid != "respaced":
+        raise dialect.refuse("sections", f"applies only to {dialect.name('grid')} respaced, got "
+                                         f"{dialect.name('grid')} {sampler.grid}")
+    if options.get("variance") == "learned" and not denoiser.learned_variance:
+        raise dialect.error("variance", f"{dialect.name('variance')} learned needs a model trained with learned "
+                                        f"variance (--loss hybrid or vlb)")
+    return sampler, dict(options)
