@@ -10,7 +10,6 @@ Both give the training target of F, so a loss is one regression in the network's
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 

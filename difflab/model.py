@@ -12,7 +12,7 @@ from pathlib import Path
 from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
 from difflab.guidance import NoisyClassifier
-from difflab.train.checkpoint import Checkpoint, load_checkpoint, load_denoiser
+from difflab.train.checkpoint import Checkpoint, load_denoiser
 from difflab.train.classifier import load_classifier
 from difflab.train.classifier_config import ClassifierSpec
 from difflab.train.config import read_json_object

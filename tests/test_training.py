@@ -90,9 +90,16 @@ def _weights(path):
     return load_checkpoint(path).tensors
 
 
-@pytest.mark.parametrize("kind", ["toy", "image"])
+def hybrid_toy_config(**train) -> ExperimentConfig:
+    """L_hybrid with a learned variance (the vlb and edm objectives have resume tests of their own)."""
+    spec = toy_config(**train).to_dict()
+    spec["network"]["learned_variance"], spec["train"]["loss"] = True, "hybrid"
+    return ExperimentConfig.from_dict(spec)
+
+
+@pytest.mark.parametrize("kind", ["toy", "image", "hybrid"])
 def test_resume_is_bitwise_exact(tmp_path, kind):
-    make = (lambda **t: toy_config(**t)) if kind == "toy" else (lambda **t: image_config(tmp_path, **t))
+    make = {"toy": toy_config, "image": lambda **t: image_config(tmp_path, **t), "hybrid": hybrid_toy_config}[kind]
     Trainer(make(steps=20), tmp_path / "straight", progress=False).run()
     Trainer(make(steps=10), tmp_path / "resumed", progress=False).run()
     Trainer(make(steps=20), tmp_path / "resumed", resume=True, progress=False).run()
