@@ -41,15 +41,20 @@ def main():
     response = requests.post(f"{args.url}/sdapi/v1/txt2img", json=payload, auth=auth, timeout=600)
     if not response.ok:
         raise SystemExit(f"error {response.status_code}: {response.json().get('detail')}")
-    result = response.json()
+    info = save_images(response.json(), args.out)
+    for warning in info.get("warnings", []):
+        print("warning:", warning)
+
+
+def save_images(result: dict, prefix: str) -> dict:
+    """Write a txt2img answer's images as PREFIX-i.png, print each with its seed; return the answer's info."""
     info = json.loads(result["info"])
     for i, image in enumerate(result["images"]):
-        path = f"{args.out}-{i}.png"
+        path = f"{prefix}-{i}.png"
         with open(path, "wb") as f:
             f.write(base64.b64decode(image))
         print(f"{path}: seed {info['all_seeds'][i]}")
-    for warning in info.get("warnings", []):
-        print("warning:", warning)
+    return info
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from difflab.pipelines.dialect import CLI, Dialect, RequestError
 from difflab.pipelines.generate import generate
 from difflab.pipelines.guidance import GuidanceRequest
 from difflab.pipelines.request import Request, plan_request
-from difflab.pipelines.samplers import resolve_sampler
+from difflab.pipelines.samplers import SCHEDULER_NAMES, find_scheduler, resolve_sampler, split_scheduler
 from difflab.pipelines.start import cut_grid
 from difflab.serve.app import create_app
 from difflab.serve.model import load_served_model
@@ -110,6 +110,14 @@ def test_sampler_names_of_both_vocabularies():
     assert resolved("k_dpmpp_2m_ka", "linspace", CLI) == ("DPM++ 2M Karras", "dpmpp_2m", "linspace")  # grid given
     assert resolved("euler", None, CLI) == ("euler", "euler", "trailing")  # difflab's own names first
     assert resolved("euler", None, WEB_UI) == ("Euler", "euler", "linspace")  # the web UI's names only
+    # a scheduler suffix, as the web UI's v1.9+ names and infotexts write it, in any case
+    assert resolved("Euler a Karras", None, WEB_UI) == ("Euler a", "euler_ancestral", "karras")
+    assert resolved("euler exponential", None, WEB_UI) == ("Euler", "euler", "log_snr")
+    assert split_scheduler("DPM++ 2M SDE Karras") == ("DPM++ 2M SDE", SCHEDULER_NAMES[2])
+    assert split_scheduler("DDIM") == ("DDIM", None)
+    assert find_scheduler("karras", WEB_UI) is find_scheduler("Karras", WEB_UI) is find_scheduler("KARRAS", WEB_UI)
+    with pytest.raises(RequestError, match="'Euler a SGMUniform' ends in scheduler 'SGM Uniform', which needs a grid"):
+        resolve_sampler("Euler a SGMUniform", None, WEB_UI)
     with pytest.raises(RequestError, match="unknown sampler 'dpmpp_2m': sampler_name must be one of Euler a, "):
         resolve_sampler("dpmpp_2m", None, WEB_UI)
     with pytest.raises(RequestError, match=r"unknown sampler 'nope': --sampler must be one of .*ddim.* or a web UI "

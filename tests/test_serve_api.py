@@ -56,6 +56,12 @@ def client(uncond_path):
 
 
 @pytest.fixture(scope="module")
+def strict_client(uncond_path):
+    with TestClient(create_app(load_served_model(uncond_path), strict_names=True)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def class_client(tmp_path_factory):
     path = write_checkpoint(tmp_path_factory.mktemp("class") / "checkpoint.safetensors", CLASSES)
     with TestClient(create_app(load_served_model(path))) as client:
@@ -107,6 +113,13 @@ def test_seed_minus_one_draws_a_seed_and_reports_it(client):
     assert a["all_seeds"] == [a["seed"]] and f"Seed: {a['seed']}," in a["infotexts"][0]
 
 
+def test_cfg_scale_on_an_unconditional_model_is_ignored_and_said(client):
+    guided, info = txt2img(client, cfg_scale=7)
+    assert info["cfg_scale"] == 1 and info["warnings"] == [
+        f"cfg_scale ignored: model {info['sd_model_name']} is unconditional, so nothing is guided (cfg_scale 1)"]
+    assert guided["images"] == txt2img(client)[0]["images"]
+
+
 def test_prompt_on_an_unconditional_model_is_ignored_and_said(client):
     result, info = txt2img(client, prompt="a red coat", negative_prompt="blurry", restore_faces=True, tiling=False)
     name = info["sd_model_name"]
@@ -132,11 +145,15 @@ def test_sampler_aliases_scheduler_and_sampler_index(client):
     assert info["grid"] == "karras" and "Schedule type: Karras" in info["infotexts"][0]
 
 
-def test_only_registered_samplers_are_offered(client, monkeypatch):
+def test_only_registered_samplers_are_offered(client, strict_client, monkeypatch):
     monkeypatch.delitem(SAMPLERS, "heun")
     names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
     assert "Heun" not in names and "Euler" in names
-    response = client.post("/sdapi/v1/txt2img", json={"sampler_name": "Heun"})
+    _, info = txt2img(client, sampler_name="Heun")
+    assert info["sampler_name"] == "Euler a" and info["warnings"] == [
+        "sampler_name 'Heun' needs sampler 'heun', which difflab does not have yet; choose from Euler a, Euler, "
+        "DPM++ 2M, DPM++ 2M SDE, DPM++ 2M Karras, DPM++ 2M SDE Karras, DPM++ 2M SDE Exponential, DDIM; used 'Euler a'"]
+    response = strict_client.post("/sdapi/v1/txt2img", json={"sampler_name": "Heun"})
     assert response.status_code == 422 and "does not have yet" in response.json()["detail"]
     assert all(e.sampler in SAMPLERS for e in offered_samplers())
     assert len({e.name for e in SAMPLER_NAMES}) == len(SAMPLER_NAMES)
@@ -157,18 +174,27 @@ def test_only_registered_samplers_are_offered(client, monkeypatch):
     ({"n_iter": 0}, "n_iter", "n_iter must lie in 1..64, got 0"),
     ({"batch_size": 8, "n_iter": 9}, "body", "batch_size * n_iter must be <= 64, got 8 * 9"),
     ({"cfg_scale": 31}, "cfg_scale", "cfg_scale must lie in 0..30, got 31"),
-    ({"cfg_scale": 7}, "cfg_scale", "unconditional, so cfg_scale must be 1 (no guidance); got 7"),
     ({"prompt": "x" * 2001}, "prompt", "prompt must be at most 2000 characters"),
     ({"prompt": 5}, "prompt", "prompt must be a string, got 5"),
-    ({"width": 512}, "width", "width must be 16: model"),
-    ({"height": 8}, "height", "height must be 16: model"),
+    ({"width": 4096}, "width", "width must lie in 1..2048, got 4096"),
+    ({"height": 0}, "height", "height must lie in 1..2048, got 0"),
+    ({"width": 2048, "height": 2048, "batch_size": 5}, "body", "batch_size * n_iter * width * height must be <= "
+                                                                "16777216 pixels (64 images of 512x512), got 20971520"),
+    ({"eta": -0.5, "sampler_name": "DDIM"}, "eta", "eta must be >= 0, got -0.5"),
+    ({"eta": -0.5, "sampler_name": "Euler"}, "eta", "eta must be >= 0, got -0.5"),  # even where it is not used
+    ({"s_noise": 0, "sampler_name": "Euler"}, "s_noise", "s_noise must be > 0, got 0"),
+    ({"s_tmin": 5, "s_tmax": 2, "sampler_name": "Euler"}, "s_tmin", "s_tmin must be <= s_tmax, got 5.0 > 2.0"),
     ({"sampler_name": "Euler b"}, "sampler_name", "sampler_name must be one of Euler a, Euler,"),
     ({"sampler_name": "PLMS"}, "sampler_name", "needs sampler 'plms', which difflab does not have yet"),
-    ({"scheduler": "Beta"}, "scheduler", "scheduler must be one of Automatic, Uniform, Karras, Exponential"),
+    ({"sampler_name": "Euler a Beta"}, "sampler_name", "ends in scheduler 'Beta', which needs a grid difflab does not"),
+    ({"scheduler": "Beta"}, "scheduler", "'Beta' needs a grid difflab does not have yet; choose from Automatic, "
+                                         "Uniform, Karras, Exponential, Normal"),
+    ({"scheduler": "Karras!"}, "scheduler", "scheduler must be one of Automatic, Uniform, Karras, Exponential, Normal"),
+    ({"width": 32, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler", "hr_upscaler must be one of None, Lanczos, Nearest"),
     ([1, 2], "body", "body must be a JSON object"),
 ])
-def test_each_bad_field_gets_one_sentence_naming_it(client, body, field, words):
-    response = client.post("/sdapi/v1/txt2img", json=body)
+def test_each_bad_field_gets_one_sentence_naming_it(strict_client, body, field, words):
+    response = strict_client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 422
     answer = response.json()
     assert words in answer["detail"] and [e["field"] for e in answer["errors"]] == [field]
@@ -209,9 +235,10 @@ def test_class_model_cfg_scale_is_one_plus_the_guidance_weight(tmp_path):
     model = load_served_model(path)
     with TestClient(create_app(model)) as client:
         guided, info = txt2img(client, prompt="Bag", negative_prompt="coat", cfg_scale=3, batch_size=2)
-        plain, _ = txt2img(client, prompt="Bag", batch_size=2)
+        plain, _ = txt2img(client, prompt="Bag", batch_size=2, cfg_scale=1)
         null_negative, _ = txt2img(client, prompt="Bag", cfg_scale=3, batch_size=2)
-        ignored, ignored_info = txt2img(client, prompt="Bag", negative_prompt="Coat", batch_size=2)
+        ignored, ignored_info = txt2img(client, prompt="Bag", negative_prompt="Coat", batch_size=2, cfg_scale=1)
+        default, default_info = txt2img(client, prompt="Bag", batch_size=2)
     assert info["cfg_scale"] == 3 and info["negative_prompt"] == "Coat" and info["warnings"] == []
     parameters = png(guided["images"][0]).text["parameters"]
     assert parameters.startswith("Bag\nNegative prompt: Coat\nSteps: 3,") and "CFG scale: 3," in parameters
@@ -226,6 +253,10 @@ def test_class_model_cfg_scale_is_one_plus_the_guidance_weight(tmp_path):
     assert not np.array_equal(pixels["guided"][0], pixels["null"][0])
     assert np.array_equal(np.stack(pixels["ignored"]), np.stack(pixels["plain"]))
     assert ignored_info["negative_prompt"] == ""
+    # a conditional model's default is cfg_scale 2: w = 1 (README's guidance trade-off)
+    assert default_info["cfg_scale"] == 2 and not np.array_equal(np.asarray(png(default["images"][0])),
+                                                                  pixels["plain"][0])
+    assert client.get("/difflab/v1/model").json()["default_cfg_scale"] == 2
     assert ignored_info["warnings"] == ["negative_prompt ignored: it acts only through guidance, with cfg_scale > 1"]
 
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from test_serve_api import write_checkpoint
+from test_serve_api import CLASSES, write_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,10 +31,12 @@ def server(tmp_path_factory):
     """`difflab serve` on a free loopback port with a tiny checkpoint; stopped when the module's tests are done."""
     folder = tmp_path_factory.mktemp("live")
     checkpoint = write_checkpoint(folder / "checkpoint.safetensors")
+    write_checkpoint(folder / "models" / "other.safetensors", CLASSES)
     port = free_port()
     log = open(folder / "server.log", "w+")
     process = subprocess.Popen([sys.executable, "-m", "difflab", "serve", str(checkpoint), "--port", str(port),
-                                "--threads", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                "--threads", "1", "--models-dir", str(folder / "models")],
+                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -62,6 +64,23 @@ def test_example_client_runs_unchanged(server, tmp_path):
     assert "img-1.png: seed 12" in run.stdout and "warning: prompt ignored" in run.stdout
     image = Image.open(tmp_path / "img-0.png")
     assert image.size == (16, 16) and "Seed: 11," in image.text["parameters"]
+
+
+def test_workflow_client_runs_unchanged(server, tmp_path):
+    """Only the web UI's routes and fields: switch checkpoint, sampler + scheduler, 64x48, task progress, png-info."""
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "a1111_workflow_client.py"), "--url", server,
+                          "--model", "other", "--prompt", "Bag", "--cfg-scale", "3", "--steps", "4", "--seed", "3",
+                          "--width", "64", "--height", "48", "--out", str(tmp_path / "wf")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert "schedulers: Automatic, Uniform, Karras, Exponential, Normal" in lines
+    assert any(line.startswith("model: other [") for line in lines) and "task completed: True" in lines
+    assert "Sampler=DPM++ 2M, Schedule type=Karras, CFG scale=3, Seed=3, Size-1=64, Size-2=48" in run.stdout
+    assert "fashion_mnist_cond [" in run.stdout  # the bundled models are offered too
+    assert Image.open(tmp_path / "wf-0.png").size == (64, 48)
+    first = requests.get(f"{server}/sdapi/v1/sd-models", timeout=30).json()[0]["title"]
+    requests.post(f"{server}/sdapi/v1/options", json={"sd_model_checkpoint": first}, timeout=30).raise_for_status()
 
 
 def test_browser_page_generates_an_image(server, tmp_path):

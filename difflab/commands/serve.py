@@ -1,13 +1,15 @@
-"""`difflab serve`: the web page and an AUTOMATIC1111-compatible HTTP API over one checkpoint (the bundled
-conditional Fashion-MNIST model by default), on loopback unless --host says otherwise."""
+"""`difflab serve`: the web page and an AUTOMATIC1111-compatible HTTP API over a checkpoint (the bundled
+conditional Fashion-MNIST model by default), the others in --models-dir and the bundled ones, on loopback unless
+--host says otherwise."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import sys
+from pathlib import Path
 
-from difflab.commands import BUNDLED_CONDITIONAL_MODEL, positive_int, set_threads
+from difflab.commands import BUNDLED_CONDITIONAL_MODEL, BUNDLED_MODEL, positive_int, set_threads
 from difflab.errors import DifflabError
 
 
@@ -20,6 +22,11 @@ def register(subparsers) -> None:
     p.add_argument("--api-auth", metavar="USER:PASS", help="require HTTP basic auth for the API and the page")
     p.add_argument("--queue-size", type=int, default=4,
                    help="requests that may wait behind the running one; more get 503 (default 4)")
+    p.add_argument("--models-dir", metavar="DIR", help="also offer every *.safetensors checkpoint below DIR "
+                                                         "(GET /sdapi/v1/sd-models; switch with POST /sdapi/v1/options)")
+    p.add_argument("--strict-names", action="store_true",
+                   help="refuse unknown sampler, scheduler and upscaler names with 422 instead of falling back to "
+                        "the default with a warning (the web UI falls back)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(handler=run)
 
@@ -44,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from difflab.serve.app import create_app
+    from difflab.serve.catalog import Catalog
     from difflab.serve.model import load_served_model
 
     set_threads(args.threads)
@@ -52,12 +60,18 @@ def run(args: argparse.Namespace) -> int:
         raise DifflabError(f"--port must lie in 1..65535, got {args.port}")
     if args.queue_size < 0:
         raise DifflabError(f"--queue-size must be >= 0, got {args.queue_size}")
+    models_dir = Path(args.models_dir) if args.models_dir else None
+    if models_dir is not None and not models_dir.is_dir():
+        raise DifflabError(f"--models-dir must be a folder, got {args.models_dir!r}")
     model = load_served_model(args.checkpoint or BUNDLED_CONDITIONAL_MODEL)
+    catalog = Catalog(model, models_dir, (BUNDLED_CONDITIONAL_MODEL, BUNDLED_MODEL))
+    flags = {name: value for name, value in vars(args).items() if name not in ("handler", "api_auth")}
     if not is_loopback(args.host) and auth is None:
         print(f"difflab serve: warning: listening on {args.host} without --api-auth; anyone who can reach it can "
               f"use it", file=sys.stderr)
-    print(f"serving {model.name} ({model.width}x{model.height}) on http://{args.host}:{args.port}/ "
-          f"(API docs at /docs)", flush=True)
-    uvicorn.run(create_app(model, auth=auth, queue_size=args.queue_size), host=args.host, port=args.port,
-                log_level="warning")
+    print(f"serving {model.name} ({model.width}x{model.height}) and {len(catalog.checkpoints) - 1} other "
+          f"checkpoint(s) on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
+    app = create_app(model, auth=auth, queue_size=args.queue_size, catalog=catalog, strict_names=args.strict_names,
+                     flags=flags)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

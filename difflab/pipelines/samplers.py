@@ -1,7 +1,13 @@
 """The sampler a request names, the grid it runs on, and the sampler options it may pass.
 
 A name is a difflab sampler (`difflab samplers`, on the trailing grid unless a grid is given) or one of the
-AUTOMATIC1111 web UI's names ("DPM++ 2M Karras"), each of which stands for a difflab sampler on a grid.
+AUTOMATIC1111 web UI's names ("DPM++ 2M Karras"), each of which stands for a difflab sampler on a grid; a web UI name
+may end in a scheduler's label ("Euler a Karras", as the UI's v1.9+ infotexts and clients write it).
+
+Case rule: the web UI matches names exactly (dict lookups and str.endswith, so "euler a" is not "Euler a" there and
+falls back to its default sampler). difflab ignores case for every sampler name, sampler alias, scheduler name, label
+and alias: whatever the web UI accepts resolves to the same entry here, and a spelling that differs only in case
+resolves to the entry it spells instead of to the default.
 """
 
 from __future__ import annotations
@@ -60,6 +66,44 @@ SAMPLER_NAMES: tuple[SamplerName, ...] = (
     SamplerName("UniPC", "unipc", "leading", ("unipc",)),
 )
 
+
+@dataclass(frozen=True)
+class SchedulerName:
+    """One of the web UI's schedulers (modules/sd_schedulers.py): its name, label and aliases, and the difflab grid
+    it stands for (None: the grid its sampler name implies, or no difflab grid yet, see `offered`)."""
+
+    name: str
+    label: str
+    grid: GridKind | None
+    aliases: tuple[str, ...] = ()
+    default_rho: float = -1.0
+    need_inner_model: bool = False
+    offered: bool = True
+
+    def spellings(self) -> tuple[str, ...]:
+        return (self.name, self.label, *self.aliases)
+
+
+# The UI's schedulers, in its order. Its "Uniform" (DiscreteSchedule.get_sigmas: timesteps evenly spaced from T-1 to
+# 0) and "Normal" (sigma_to_t of sigma_max..sigma_min evenly spaced: the same timesteps on a discrete model) are
+# difflab's linspace grid; "Karras" is Karras et al. 2022, Eq. 5 with rho = 7; "Exponential" is uniform in log sigma
+# (log_snr). The others have no difflab grid yet.
+SCHEDULER_NAMES: tuple[SchedulerName, ...] = (
+    SchedulerName("automatic", "Automatic", None),
+    SchedulerName("uniform", "Uniform", "linspace", need_inner_model=True),
+    SchedulerName("karras", "Karras", "karras", default_rho=7.0),
+    SchedulerName("exponential", "Exponential", "log_snr"),
+    SchedulerName("polyexponential", "Polyexponential", None, default_rho=1.0, offered=False),
+    SchedulerName("sgm_uniform", "SGM Uniform", None, ("SGMUniform",), need_inner_model=True, offered=False),
+    SchedulerName("kl_optimal", "KL Optimal", None, offered=False),
+    SchedulerName("align_your_steps", "Align Your Steps", None, offered=False),
+    SchedulerName("simple", "Simple", None, need_inner_model=True, offered=False),
+    SchedulerName("normal", "Normal", "linspace", need_inner_model=True),
+    SchedulerName("ddim", "DDIM", None, need_inner_model=True, offered=False),
+    SchedulerName("beta", "Beta", None, need_inner_model=True, offered=False),
+)
+AUTOMATIC = SCHEDULER_NAMES[0]
+
 # option name -> (is the value allowed, the allowed range in words); the CLI checks choices in argparse
 OPTION_RANGES = {
     "eta": (lambda v: v >= 0, ">= 0"),
@@ -82,10 +126,36 @@ def offered_samplers() -> list[SamplerName]:
     return [entry for entry in SAMPLER_NAMES if entry.sampler in SAMPLERS]
 
 
+def offered_schedulers() -> list[SchedulerName]:
+    return [entry for entry in SCHEDULER_NAMES if entry.offered]
+
+
+def find_scheduler(name: str, dialect: Dialect) -> SchedulerName:
+    """The scheduler a name, label or alias spells (in any case); unknown, or without a difflab grid, is an error."""
+    valid = ", ".join(entry.label for entry in offered_schedulers())
+    matches = [entry for entry in SCHEDULER_NAMES if name.lower() in map(str.lower, entry.spellings())]
+    if not matches:
+        raise dialect.error("grid", f"unknown scheduler {name!r}: {dialect.name('grid')} must be one of {valid} "
+                                    f"(or their lower-case names)")
+    if not matches[0].offered:
+        raise dialect.refuse("grid", f"{name!r} needs a grid difflab does not have yet; choose from {valid}")
+    return matches[0]
+
+
+def split_scheduler(name: str) -> tuple[str, SchedulerName | None]:
+    """A sampler name without its trailing scheduler label or alias ("Euler a Karras" -> "Euler a", Karras), as the
+    UI's get_sampler_and_scheduler splits it; (name, None) when it has none."""
+    for entry in SCHEDULER_NAMES:
+        for spelling in (entry.label, *entry.aliases):
+            if name.lower().endswith(" " + spelling.lower()):
+                return name[: -len(spelling) - 1], entry
+    return name, None
+
+
 def resolve_sampler(name: str, grid: GridKind | None, dialect: Dialect,
                     model_grid: GridKind = DEFAULT_GRID) -> SamplerName:
     """What `name` runs, on `grid` or else the grid the name implies: a difflab sampler (the CLI's own names win),
-    else a web UI name or alias in any case (the only names the web UI dialect takes).
+    else a web UI name or alias, else a web UI name with a scheduler suffix (the only names the web UI dialect takes).
 
     `model_grid` is the model's default grid (Denoiser.default_grid): a difflab name runs on it, and on a model with
     continuous noise levels (an EDM model: karras) a web UI name that implies timestep spacing runs on it too."""
@@ -94,14 +164,32 @@ def resolve_sampler(name: str, grid: GridKind | None, dialect: Dialect,
     offered = offered_samplers()
     web_ui_names = ", ".join(entry.name for entry in offered)
     valid = web_ui_names if dialect.web_ui else f"{', '.join(sorted(SAMPLERS))} or a web UI name ({web_ui_names})"
+    base, suffix = split_scheduler(name)
     matches = [entry for entry in SAMPLER_NAMES if name.lower() in (entry.name.lower(), *entry.aliases)]
+    if not matches and suffix is not None:
+        matches = [replace(entry, grid=suffix.grid or entry.grid) for entry in SAMPLER_NAMES
+                   if base.lower() == entry.name.lower()]
+        if matches and not suffix.offered:
+            raise dialect.refuse("sampler", f"{name!r} ends in scheduler {suffix.label!r}, which needs a grid difflab "
+                                            f"does not have yet")
     if not matches:
         raise dialect.error("sampler", f"unknown sampler {name!r}: {dialect.name('sampler')} must be one of {valid}")
-    if matches[0] not in offered:
+    if matches[0].sampler not in SAMPLERS:
         raise dialect.refuse("sampler", f"{name!r} needs sampler {matches[0].sampler!r}, which difflab does not have "
                                         f"yet; choose from {valid}")
     implied = model_grid if model_grid in SIGMA_GRIDS and matches[0].grid not in SIGMA_GRIDS else matches[0].grid
     return replace(matches[0], grid=grid or implied)
+
+
+def sampler_options(sampler: SamplerName) -> set[str]:
+    """The keyword options (OPTION_RANGES) that the sampler behind a name takes."""
+    return set(inspect.signature(SAMPLERS[sampler.sampler].fn).parameters) & set(OPTION_RANGES)
+
+
+def check_option(option: str, value: Any, dialect: Dialect) -> None:
+    allowed, words = OPTION_RANGES[option]
+    if not allowed(value):
+        raise dialect.refuse(option, f"must be {words}, got {value}")
 
 
 def choose_sampler(name: str, grid: GridKind | None, sections: str | None, options: Mapping[str, Any],
@@ -109,13 +197,11 @@ def choose_sampler(name: str, grid: GridKind | None, sections: str | None, optio
     """The sampler and grid a request names, and its options checked against them and the model (its default grid,
     whether it learned its variance); an option the sampler or the model cannot take is an error."""
     sampler = resolve_sampler(name, grid, dialect, denoiser.default_grid)
-    accepted = inspect.signature(SAMPLERS[sampler.sampler].fn).parameters
+    accepted = sampler_options(sampler)
     for option, value in options.items():
-        if option not in accepted or option not in OPTION_RANGES:
+        if option not in accepted:
             raise dialect.refuse(option, f"does not apply to sampler {sampler.name!r}")
-        allowed, words = OPTION_RANGES[option]
-        if not allowed(value):
-            raise dialect.refuse(option, f"must be {words}, got {value}")
+        check_option(option, value, dialect)
     if options.get("s_tmin", 0.0) > options.get("s_tmax", float("inf")):
         raise dialect.refuse("s_tmin", f"must be <= {dialect.name('s_tmax')}, got {options['s_tmin']} > "
                                        f"{options['s_tmax']}")

@@ -1,1 +1,2 @@
-"""`difflab serve`: an AUTOMATIC1111-compatible HTTP API and a web page over one checkpoint (see app.create_app)."""
+"""`difflab serve`: an AUTOMATIC1111-compatible HTTP API and a web page over a catalog of checkpoints (see
+app.create_app)."""

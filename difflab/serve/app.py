@@ -1,12 +1,14 @@
-"""The FastAPI app: the AUTOMATIC1111-compatible routes under /sdapi/v1, the page at /, OpenAPI docs at /docs."""
+"""The FastAPI app: the AUTOMATIC1111-compatible routes under /sdapi/v1 (and its per-task /internal/progress), the
+page at /, OpenAPI docs at /docs."""
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Body, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -15,13 +17,16 @@ from difflab import __version__
 from difflab.images import to_uint8
 from difflab.pipelines.dialect import RequestError
 from difflab.pipelines.samplers import offered_samplers
-from difflab.serve.a1111 import png_base64
-from difflab.serve.generation import plan_txt2img, run_plan
+from difflab.serve.a1111 import parse_infotext, png_base64, read_png_text
+from difflab.serve.catalog import Catalog
+from difflab.serve.generation import MODEL_SETTING, default_cfg_scale, plan_txt2img, run_plan
+from difflab.serve.listings import listings
 from difflab.serve.middleware import BasicAuth, BodyLimit
 from difflab.serve.model import ServedModel
 from difflab.serve.schemas import (MAX_BODY_BYTES, GenerationResponse, Img2ImgRequest, ModelInfo, ModelItem,
-                                   ProgressResponse, ProgressState, SamplerItem, Txt2ImgRequest, describe_error)
-from difflab.serve.worker import QueueFull, Worker
+                                   PngInfoRequest, PngInfoResponse, ProgressResponse, ProgressState, SamplerItem,
+                                   TaskProgressRequest, TaskProgressResponse, Txt2ImgRequest, describe_error)
+from difflab.serve.worker import Job, QueueFull, Worker
 
 STATIC = Path(__file__).resolve().parent / "static"
 USAGE = """\
@@ -33,22 +38,38 @@ USAGE = """\
 - **Guidance.** On a conditional model `cfg_scale` is the UI's classifier-free guidance scale 1 + w (1 is no
   guidance, 7 means w = 6), and `negative_prompt` (free text on a text model, a class on a class-only model) is
   what guidance steers away from instead of the unconditional model; it acts only with `cfg_scale` > 1.
-- **Refused with 422**, naming the field: `cfg_scale` below 1 on a conditional model, `cfg_scale` other than 1 on an
-  unconditional model, a `negative_prompt` that is not a class of a class-only model, `width`/`height` other than
-  the model's, unknown sampler or scheduler names, and img2img / inpainting (no such pipeline yet).
+- **Names.** Sampler and scheduler names are matched as the web UI matches them, in any case: a name or label
+  (`karras` or `Karras`), an alias, or a scheduler suffix in `sampler_name` ("Euler a Karras"). An unknown name falls
+  back to the default with a warning in `info.warnings` (422 on a server run with `--strict-names`).
+- **Sizes.** Images are made at the model's size; another `width`/`height` (up to 2048) is served by resizing them
+  with `hr_upscaler` (GET /sdapi/v1/upscalers; default Lanczos), or, with difflab's own field
+  `"difflab_size_by": "model"`, by running a U-Net at that size. `info.size_by` and the PNG text say which.
+- **Models.** GET /sdapi/v1/sd-models lists the checkpoints; POST /sdapi/v1/options with `sd_model_checkpoint`, or a
+  request's `override_settings`, switches between requests, never during one.
+- **Refused with 422**, naming the field: `cfg_scale` below 1 on a conditional model (an unconditional model ignores
+  it, with a warning), a `negative_prompt` that is not a class of a class-only model, sampler options out of range
+  (`eta`, `s_churn`, ...), an unknown checkpoint, and img2img / inpainting (no such pipeline yet).
 - Other fields of that API are accepted; any that asks for something is listed in `info.warnings` as ignored.
 - **Seeds.** Image i of a request uses `seed + i`, so a seed and the same settings give byte-identical PNGs.
 - **Load.** One generation runs at a time; a few more wait; beyond that the answer is 503 with Retry-After.
-  POST /sdapi/v1/interrupt stops the running request, which answers with the batches (`n_iter`) already done.
+  POST /sdapi/v1/interrupt stops the running request, which answers with the batches (`n_iter`) already done;
+  POST /sdapi/v1/skip drops the running batch and goes on with the next. POST /internal/progress follows one request
+  by its `force_task_id`.
 """
+OPTIONS_APPLIED = ("sd_model_checkpoint", "live_previews_enable")  # POST /options: the rest is ignored (a header says)
 CONDITIONING_WORDS = {"none": "unconditional", "class": "class-conditional", "text": "text prompts"}
 ERRORS = {422: {"description": "a field out of range, or something the model cannot do; `detail` names the field"},
           503: {"description": "the queue is full; retry after the Retry-After header's seconds"}}
 
 
-def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue_size: int = 4) -> FastAPI:
-    """An app serving `model`: one generation at a time, `queue_size` more may wait, the rest get 503."""
+def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue_size: int = 4,
+               catalog: Catalog | None = None, strict_names: bool = False, flags: dict[str, Any] | None = None
+               ) -> FastAPI:
+    """An app serving `model` (current among those of `catalog`): one generation at a time, `queue_size` more may wait,
+    the rest get 503. `strict_names` refuses unknown sampler, scheduler and upscaler names instead of falling back."""
     worker = Worker(queue_size)
+    catalog = catalog or Catalog(model)
+    settings = {"live_previews_enable": True}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -57,11 +78,12 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
 
     app = FastAPI(title="difflab", version=__version__, lifespan=lifespan,
                   description=f"Serving model **{model.name}** ({model.width}x{model.height}, "
-                              f"{CONDITIONING_WORDS[model.conditioning]}). "
+                              f"{CONDITIONING_WORDS[model.conditioning]}) and the others of GET /sdapi/v1/sd-models. "
                               "A subset of the AUTOMATIC1111 web UI API; the web page is at /.\n\n" + USAGE)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if auth is not None:
         app.add_middleware(BasicAuth, user=auth[0], password=auth[1])  # outermost: checked before the body is read
+    app.include_router(listings(flags or {}))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -75,15 +97,31 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         return JSONResponse(status_code=422, content={"detail": exc.message,
                                                       "errors": [{"field": exc.field, "message": exc.message}]})
 
-    @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse, responses=ERRORS)
-    async def txt2img(body: Txt2ImgRequest) -> dict:
-        """Generate batch_size * n_iter images; image i uses seed + i, so a seed reproduces its image exactly."""
-        plan = plan_txt2img(body, model)
+    async def load(title: str, field: str) -> ServedModel:
+        return await asyncio.to_thread(catalog.load, catalog.find(title, field), field)
+
+    async def queued(job: Job, run) -> Any:
         try:
-            future = worker.submit(plan.job(), lambda job: run_plan(plan, model, job))
+            future = worker.submit(job, run)
         except QueueFull as full:
             raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
         return await asyncio.wrap_future(future)
+
+    @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse, responses=ERRORS)
+    async def txt2img(body: Txt2ImgRequest) -> dict:
+        """Generate batch_size * n_iter images; image i uses seed + i, so a seed reproduces its image exactly."""
+        checkpoint = (body.override_settings or {}).get(MODEL_SETTING)
+        field = f"override_settings.{MODEL_SETTING}"
+        served = catalog.current if checkpoint is None else await load(str(checkpoint), field)
+        plan = plan_txt2img(body, served, strict_names)
+
+        def run(job: Job) -> dict:
+            answer = run_plan(plan, job)
+            if not body.override_settings_restore_afterwards:
+                catalog.current = served
+            return answer
+
+        return await queued(plan.job(), run)
 
     @app.post("/sdapi/v1/img2img", response_model=GenerationResponse, responses=ERRORS)
     async def img2img(body: Img2ImgRequest) -> dict:
@@ -99,38 +137,85 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
 
     @app.get("/sdapi/v1/sd-models", response_model=list[ModelItem])
     async def sd_models() -> list[dict]:
-        return [{"title": f"{model.name} [{model.short_hash}]", "model_name": model.name, "hash": model.short_hash,
-                 "sha256": model.sha256, "filename": model.filename}]
+        """The checkpoints: the one the server started with, those in --models-dir, the bundled ones."""
+        return [{"title": c.title, "model_name": c.name, "hash": c.short_hash, "sha256": c.sha256,
+                 "filename": str(c.path)} for c in catalog.checkpoints]
+
+    @app.post("/sdapi/v1/refresh-checkpoints")
+    async def refresh_checkpoints() -> None:
+        """Rescan --models-dir."""
+        await asyncio.to_thread(catalog.refresh)
 
     @app.get("/sdapi/v1/options")
     async def options() -> dict:
-        """The read-only subset of the UI's options that describes this server."""
-        return {"sd_model_checkpoint": f"{model.name} [{model.short_hash}]", "sd_checkpoint_hash": model.sha256,
-                "samples_format": "png", "live_previews_enable": True}
+        """The subset of the UI's options that describes this server."""
+        current = catalog.current
+        return {"sd_model_checkpoint": current.title, "sd_checkpoint_hash": current.sha256, "samples_format": "png",
+                **settings}
+
+    @app.post("/sdapi/v1/options", responses=ERRORS)
+    async def set_options(response: Response, body: Annotated[dict[str, Any], Body()]) -> None:
+        """Apply the options difflab has: sd_model_checkpoint (switched on the job queue, between requests) and
+        live_previews_enable; the header X-Difflab-Ignored names the others, which are ignored."""
+        if "live_previews_enable" in body and not isinstance(body["live_previews_enable"], bool):
+            raise RequestError("live_previews_enable", f"live_previews_enable must be true or false, got "
+                                                       f"{body['live_previews_enable']!r}")
+        ignored = [key for key in body if key not in OPTIONS_APPLIED]
+        if ignored:
+            response.headers["X-Difflab-Ignored"] = ", ".join(ignored)
+        if MODEL_SETTING in body:
+            switched = await load(str(body[MODEL_SETTING]), MODEL_SETTING)
+            await queued(Job(1, 1, 0, kind="options"), lambda job: setattr(catalog, "current", switched))
+        settings.update({key: body[key] for key in body if key in settings})
 
     @app.get("/sdapi/v1/progress", response_model=ProgressResponse)
     async def progress(skip_current_image: bool = False) -> dict:
         """The running request's progress, with a preview of its first image unless skip_current_image."""
-        job, queued = worker.running()
-        state = ProgressState(interrupted=bool(job and job.interrupted), job="txt2img" if job else "",
-                              job_count=job.job_count if job else 0, job_no=job.job_no if job else 0,
-                              sampling_step=job.step if job else 0, sampling_steps=job.steps if job else 0,
-                              queued=queued)
-        preview = None if job is None or skip_current_image else job.preview
+        job, waiting = worker.running()
+        state = ProgressState(interrupted=bool(job and job.interrupted), skipped=bool(job and job.skipped),
+                              job=job.kind if job else "", job_count=job.job_count if job else 0,
+                              job_no=job.job_no if job else 0, sampling_step=job.step if job else 0,
+                              sampling_steps=job.steps if job else 0, queued=waiting)
+        preview = None if job is None or skip_current_image or not settings["live_previews_enable"] else job.preview
         return {"progress": job.fraction if job else 0.0, "eta_relative": job.seconds_left() if job else 0.0,
                 "state": state, "current_image": None if preview is None else png_base64(to_uint8(preview[None])[0])}
+
+    @app.post("/internal/progress", response_model=TaskProgressResponse)
+    async def task_progress(body: TaskProgressRequest) -> dict:
+        """One request's progress by its force_task_id, as the web UI's own page polls it."""
+        job, place, completed = worker.task(body.id_task)
+        if job is None or job.started is None:
+            return {"active": False, "queued": place is not None, "completed": completed, "id_live_preview": -1,
+                    "textinfo": f"In queue: {place}" if place is not None else "Waiting..."}
+        fresh = body.live_preview and job.preview is not None and job.preview_id != body.id_live_preview
+        live = f"data:image/png;base64,{png_base64(to_uint8(job.preview[None])[0])}" if fresh else None
+        return {"active": True, "queued": False, "completed": False, "progress": job.fraction,
+                "eta": job.seconds_left(), "live_preview": live, "id_live_preview": job.preview_id,
+                "textinfo": f"step {job.step}/{job.steps}, batch {job.job_no + 1}/{job.job_count}"}
 
     @app.post("/sdapi/v1/interrupt")
     async def interrupt() -> dict:
         """Stop the running request after its current step; it answers with the batches already finished."""
         return {"interrupted": worker.interrupt()}
 
+    @app.post("/sdapi/v1/skip")
+    async def skip() -> dict:
+        """Drop the running request's current batch after its current step and go on with the next."""
+        return {"skipped": worker.skip()}
+
+    @app.post("/sdapi/v1/png-info", response_model=PngInfoResponse, responses=ERRORS)
+    async def png_info(body: PngInfoRequest) -> dict:
+        """An image's `parameters` text, its other text chunks, and the text parsed into fields."""
+        text, items = read_png_text(body.image)
+        return {"info": text, "items": items, "parameters": parse_infotext(text) if text else {}}
+
     @app.get("/difflab/v1/model", response_model=ModelInfo)
     async def model_info() -> dict:
-        """What the web page needs: conditioning, class names and image size."""
-        return {"name": model.name, "conditioning": model.conditioning,
-                "class_names": model.class_names, "width": model.width, "height": model.height,
-                "channels": model.channels}
+        """What the web page needs: conditioning, class names, image size and the default guidance scale."""
+        current = catalog.current
+        return {"name": current.name, "conditioning": current.conditioning, "class_names": current.class_names,
+                "width": current.width, "height": current.height, "channels": current.channels,
+                "default_cfg_scale": default_cfg_scale(current)}
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:

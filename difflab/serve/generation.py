@@ -1,29 +1,42 @@
 """txt2img for the API: a body in the web UI's terms turned into the pipeline's Request and checked against the model
-(plan_txt2img), then sampled and encoded (run_plan)."""
+(plan_txt2img), then sampled batch by batch, resized and encoded (run_plan)."""
 
 from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from difflab.images import to_uint8
 from difflab.pipelines.dialect import WEB_UI_NEUTRAL_CFG, Dialect, RequestError
 from difflab.pipelines.guidance import GuidanceRequest
 from difflab.pipelines.request import Plan, Request, plan_request
-from difflab.pipelines.samplers import offered_samplers
+from difflab.pipelines.samplers import SamplerName, check_option, sampler_options
 from difflab.samplers.common import Interrupted
-from difflab.serve.a1111 import infotext, png_base64, scheduler_grid
+from difflab.serve.a1111 import infotext, png_base64
 from difflab.serve.model import ServedModel
-from difflab.serve.schemas import MAX_SEED, Txt2ImgRequest
+from difflab.serve.names import resolve_names, schedule_type
+from difflab.serve.resize import model_shape_at, resize
+from difflab.serve.schemas import IGNORED_FIELDS, MAX_SEED, Txt2ImgRequest
 from difflab.serve.worker import Job
 
 # the web UI's names of the Request fields whose names differ (a class-only model's class is its prompt)
 WEB_UI_NAMES = {"label": "prompt", "negative_label": "negative_prompt", "cfg": "cfg_scale", "sampler": "sampler_name",
                 "grid": "scheduler"}
+# The default guidance weight w on a conditional model (cfg_scale = 1 + w), from the README's trade-off on the bundled
+# conditional model (bench/guidance_tradeoff.py, DDIM 20 steps): w = 0 puts 86.0 % of samples in the requested class
+# (FD 1.8), w = 1 97.8 % (FD 3.2), w = 2 99.0 % (FD 5.0). w = 1 buys most of the accuracy for the least FD.
+DEFAULT_GUIDANCE_WEIGHT = 1.0
+# the sampler options a body may give -> their infotext keys (modules/sd_samplers_kdiffusion.py)
+SAMPLER_OPTION_FIELDS = {"eta": "Eta", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax",
+                         "s_noise": "Sigma noise"}
+NO_OP_OPTIONS = {"s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0}  # the UI's values that change nothing
+MODEL_SETTING = "sd_model_checkpoint"
+NOT_THE_UIS = object()  # the default of a field the web UI does not have
 
 
 @dataclass(frozen=True)
@@ -31,8 +44,14 @@ class Txt2Img:
     """A body checked against the model: the pipeline's plan, and what the answer reports."""
 
     body: Txt2ImgRequest
+    model: ServedModel
     plan: Plan
+    dialect: Dialect
     cfg_scale: float  # the UI's scale 1 + w (difflab.guidance)
+    width: int  # of the images answered: the model's, unless the request asked for another (see size_by)
+    height: int
+    upscaler: str | None
+    size_by: str | None  # how another size than the model's was made: "upscaler", "model", or None (the model's)
     warnings: tuple[str, ...]
 
     @property
@@ -46,7 +65,14 @@ class Txt2Img:
         return shown(guidance.negative_label, guidance.negative_prompt, self.plan.class_names)
 
     def job(self) -> Job:
-        return Job(self.body.n_iter, self.body.steps, self.body.batch_size)
+        return Job(self.body.n_iter, self.body.steps, self.body.batch_size, self.body.force_task_id)
+
+    def part(self, index: int) -> Plan:
+        """The plan of batch `index` alone (its images keep their seeds), so a skipped batch leaves the rest."""
+        request, size = self.plan.request, self.body.batch_size
+        part = plan_request(replace(request, n=size, seed=request.seed + index * size), self.model.denoiser,
+                            self.model.config, self.dialect)
+        return replace(part, shape=self.plan.shape)
 
 
 def shown(label: int | None, prompt: str | None, class_names: tuple[str, ...] | None) -> str:
@@ -57,14 +83,25 @@ def web_ui_dialect(model: ServedModel) -> Dialect:
     return Dialect(WEB_UI_NAMES, model=f"model {model.name}", web_ui=True)
 
 
-def plan_txt2img(body: Txt2ImgRequest, model: ServedModel) -> Txt2Img:
+def default_cfg_scale(model: ServedModel) -> float:
+    return WEB_UI_NEUTRAL_CFG + (DEFAULT_GUIDANCE_WEIGHT if model.conditioning != "none" else 0.0)
+
+
+def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = False) -> Txt2Img:
     """Everything the model cannot honour is a RequestError naming the field; what it ignores becomes a warning."""
-    for field, value, size in (("width", body.width, model.width), ("height", body.height, model.height)):
-        if value is not None and value != size:
-            raise RequestError(field, f"{field} must be {size}: model {model.name} makes {model.width}x{model.height} "
-                                      f"images; got {value}")
-    cfg_scale = WEB_UI_NEUTRAL_CFG if body.cfg_scale is None else body.cfg_scale
-    if cfg_scale < WEB_UI_NEUTRAL_CFG and model.conditioning != "none":
+    dialect = web_ui_dialect(model)
+    width, height = body.width or model.width, body.height or model.height
+    other_size = (width, height) != (model.width, model.height)
+    by_model = other_size and body.difflab_size_by == "model"
+    shape = model_shape_at(model.config, width, height, model.name) if by_model else tuple(model.config.data_shape)
+    names = resolve_names(body.sampler_name or body.sampler_index, body.scheduler, body.hr_upscaler,
+                          other_size and not by_model, dialect, strict_names)
+    cfg_scale = default_cfg_scale(model) if body.cfg_scale is None else body.cfg_scale
+    unguided = []  # the UI's clients always send a cfg_scale (7 by default), as they send a prompt
+    if model.conditioning == "none" and cfg_scale != WEB_UI_NEUTRAL_CFG:
+        unguided = [f"cfg_scale ignored: model {model.name} is unconditional, so nothing is guided (cfg_scale 1)"]
+        cfg_scale = WEB_UI_NEUTRAL_CFG
+    if cfg_scale < WEB_UI_NEUTRAL_CFG:
         raise RequestError("cfg_scale", f"cfg_scale must lie in {WEB_UI_NEUTRAL_CFG:g}..30 on model {model.name} "
                                         f"(1 is no guidance; classifier-free guidance weight w = cfg_scale - 1); "
                                         f"got {cfg_scale:g}")
@@ -72,14 +109,37 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel) -> Txt2Img:
     negative_label, negative_prompt = prompt_fields(body.negative_prompt, model, "negative_prompt")
     guidance = GuidanceRequest(cfg=None if cfg_scale == WEB_UI_NEUTRAL_CFG else cfg_scale - WEB_UI_NEUTRAL_CFG,
                                negative_label=negative_label, negative_prompt=negative_prompt)
-    request = Request(label=label, prompt=prompt, guidance=guidance,
-                      sampler=body.sampler_name or body.sampler_index or offered_samplers()[0].name,
-                      grid=scheduler_grid(body.scheduler), steps=body.steps, n=body.batch_size * body.n_iter,
+    options, dropped = options_of(body, names.sampler, dialect)
+    request = Request(label=label, prompt=prompt, guidance=guidance, sampler=names.sampler.name, grid=names.grid,
+                      options=options, steps=body.steps, n=body.batch_size * body.n_iter,
                       seed=body.seed if body.seed != -1 else secrets.randbelow(MAX_SEED + 1), batch=body.batch_size)
-    plan = plan_request(request, model.denoiser, model.config, web_ui_dialect(model))
-    extra = [f"{field} ignored: {value!r} asks for something difflab does not do"
-             for field, value in (body.model_extra or {}).items() if value not in (None, False, 0, "", [], {})]
-    return Txt2Img(body, plan, cfg_scale, (*extra, *plan.warnings))
+    plan = replace(plan_request(request, model.denoiser, model.config, dialect), shape=shape)
+    size_by = "model" if by_model else "upscaler" if other_size else None
+    return Txt2Img(body, model, plan, dialect, cfg_scale, width, height, names.upscaler, size_by,
+                   (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings))
+
+
+def options_of(body: Txt2ImgRequest, sampler: SamplerName, dialect: Dialect) -> tuple[dict[str, float], list[str]]:
+    """The sampler options a body gives, each checked against its range; those the sampler does not take are left out,
+    with a warning unless they are the UI's no-op defaults (it sends s_churn 0 and s_noise 1 to every sampler)."""
+    given = {name: getattr(body, name) for name in SAMPLER_OPTION_FIELDS if getattr(body, name) is not None}
+    if given.get("s_tmax") == 0:  # the UI's s_tmax 0 means no upper bound
+        del given["s_tmax"]
+    for name, value in given.items():
+        check_option(name, value, dialect)
+    takes = sampler_options(sampler)
+    dropped = [f"{name} ignored: sampler {sampler.name!r} does not use it" for name, value in given.items()
+               if name not in takes and value != NO_OP_OPTIONS.get(name)]
+    return {name: value for name, value in given.items() if name in takes}, dropped
+
+
+def ignored_fields(body: Txt2ImgRequest) -> list[str]:
+    """A warning for each field (and override setting) that asks for something difflab does not do."""
+    asked = {**(body.model_extra or {}),
+             **{f"override_settings.{key}": value for key, value in (body.override_settings or {}).items()
+                if key != MODEL_SETTING}}
+    return [f"{field} ignored: {value!r} asks for something difflab does not do" for field, value in asked.items()
+            if value not in (None, False, 0, "", [], {}) and value != IGNORED_FIELDS.get(field, NOT_THE_UIS)]
 
 
 def prompt_fields(prompt: str, model: ServedModel, field: str) -> tuple[int | None, str | None]:
@@ -106,34 +166,47 @@ def class_label(prompt: str, model: ServedModel, field: str) -> int | None:
                               f"{', '.join(names)}) or empty; got {prompt!r}")
 
 
-def run_plan(txt2img: Txt2Img, model: ServedModel, job: Job) -> dict[str, Any]:
-    """Sample batch by batch (image i from seed + i) and answer as the UI does; an interrupt keeps the batches
-    already finished."""
-    body, plan = txt2img.body, txt2img.plan
+def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:
+    """Sample batch by batch (image i from seed + i), resize to the size asked for, and answer as the UI does. An
+    interrupt keeps the batches already finished; a skip drops the running batch and goes on with the next (the UI
+    keeps a skipped batch's unfinished images; difflab, as for an interrupt, does not)."""
+    body, plan, model = txt2img.body, txt2img.plan, txt2img.model
     batches: list[torch.Tensor] = []
-    try:
-        for batch in plan.batches(callback=job.report):
-            batches.append(batch)
-    except Interrupted:
-        pass
-    images = to_uint8(torch.cat(batches)) if batches else []
-    first_seed = plan.request.seed
-    seeds = [first_seed + i for i in range(len(images))]
+    seeds: list[int] = []
+    for index in range(body.n_iter):
+        job.skipped = False  # a skip asked for between batches is dropped, as in the UI
+        try:
+            batches.extend(txt2img.part(index).batches(callback=lambda _, step, index=index: job.report(index, step)))
+            seeds.extend(range(plan.request.seed + index * body.batch_size,
+                               plan.request.seed + (index + 1) * body.batch_size))
+        except Interrupted:
+            if job.interrupted:
+                break
+    images = to_uint8(torch.cat(batches)) if batches else np.zeros((0, *plan.shape[1:]), np.uint8)
+    if txt2img.upscaler is not None:
+        images = resize(images, txt2img.width, txt2img.height, txt2img.upscaler)
     prompt, negative_prompt = txt2img.prompt, txt2img.negative_prompt
-    texts = [infotext(prompt=prompt, negative_prompt=negative_prompt, steps=body.steps, sampler=plan.sampler.name,
-                      scheduler=body.scheduler, cfg_scale=txt2img.cfg_scale, seed=seed, width=model.width,
-                      height=model.height, model_name=model.name, model_hash=model.short_hash)
-             for seed in seeds]
+    trained = f"{model.width}x{model.height}"
+    resized = {"upscaler": {"Upscaled from": trained, "Upscaler": txt2img.upscaler},
+               "model": {"Trained size": trained}, None: {}}[txt2img.size_by]
+    texts = [infotext(prompt, negative_prompt, {
+        "Steps": body.steps, "Sampler": plan.sampler.name, "Schedule type": schedule_type(plan.sampler),
+        "CFG scale": f"{txt2img.cfg_scale:g}", **{SAMPLER_OPTION_FIELDS[name]: value for name, value
+                                                  in plan.options.items() if value != NO_OP_OPTIONS.get(name)},
+        "Seed": seed, "Size": f"{txt2img.width}x{txt2img.height}", **resized, "Model hash": model.short_hash,
+        "Model": model.name}) for seed in seeds]
     info = {
         "prompt": prompt, "all_prompts": [prompt] * len(seeds), "negative_prompt": negative_prompt,
-        "seed": first_seed, "all_seeds": seeds, "width": model.width, "height": model.height,
-        "sampler_name": plan.sampler.name, "cfg_scale": txt2img.cfg_scale, "steps": body.steps,
-        "batch_size": body.batch_size, "n_iter": body.n_iter, "sd_model_name": model.name,
-        "sd_model_hash": model.short_hash, "index_of_first_image": 0, "infotexts": texts,
-        "class_label": plan.request.label, "difflab_sampler": plan.sampler.sampler, "grid": plan.sampler.grid,
-        "interrupted": len(batches) < body.n_iter, "warnings": list(txt2img.warnings),
+        "seed": plan.request.seed, "all_seeds": seeds, "width": txt2img.width, "height": txt2img.height,
+        "sampler_name": plan.sampler.name, "scheduler": schedule_type(plan.sampler) or "Automatic",
+        "cfg_scale": txt2img.cfg_scale, "steps": body.steps, "batch_size": body.batch_size, "n_iter": body.n_iter,
+        "sd_model_name": model.name, "sd_model_hash": model.short_hash, "index_of_first_image": 0,
+        "infotexts": texts, "class_label": plan.request.label, "difflab_sampler": plan.sampler.sampler,
+        "grid": plan.sampler.grid, "sampler_options": plan.options, "native_width": model.width,
+        "native_height": model.height, "size_by": txt2img.size_by, "upscaler": txt2img.upscaler, "task_id": job.task,
+        "interrupted": job.interrupted, "warnings": list(txt2img.warnings),
     }
-    parameters = {**body.model_dump(), "seed": first_seed, "sampler_name": plan.sampler.name,
-                  "cfg_scale": txt2img.cfg_scale, "width": model.width, "height": model.height}
-    return {"images": [png_base64(image, text) for image, text in zip(images, texts)], "parameters": parameters,
-            "info": json.dumps(info)}
+    parameters = {**body.model_dump(), "seed": plan.request.seed, "sampler_name": plan.sampler.name,
+                  "cfg_scale": txt2img.cfg_scale, "width": txt2img.width, "height": txt2img.height}
+    encoded = [png_base64(image, text) for image, text in zip(images, texts)] if body.send_images else []
+    return {"images": encoded, "parameters": parameters, "info": json.dumps(info)}

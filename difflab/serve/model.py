@@ -1,4 +1,5 @@
-"""The one checkpoint a server generates from: its denoiser, config, display name and hash."""
+"""The checkpoints a server generates from: a file with its display name and hash, and once loaded its denoiser and
+config."""
 
 from __future__ import annotations
 
@@ -15,16 +16,38 @@ from difflab.train.config import ExperimentConfig
 
 
 @dataclass(frozen=True)
-class ServedModel:
-    denoiser: Denoiser
-    config: ExperimentConfig
+class Checkpoint:
+    """A checkpoint file as the web UI lists it: path, display name, hash."""
+
+    path: Path
     name: str
-    filename: str
     sha256: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
 
     @property
     def short_hash(self) -> str:
         return self.sha256[:10]
+
+    @property
+    def title(self) -> str:
+        """The web UI's checkpoint title: "name [short hash]"."""
+        return f"{self.name} [{self.short_hash}]"
+
+    def spellings(self) -> tuple[str, ...]:
+        """What a client may call it, as the web UI's checkpoint aliases: the title, the name, the file name (with
+        or without .safetensors), the path, the hash or short hash."""
+        return (self.title, self.name, self.path.name, self.path.stem, str(self.path), self.sha256, self.short_hash)
+
+
+@dataclass(frozen=True)
+class ServedModel(Checkpoint):
+    """A loaded checkpoint: its denoiser and config."""
+
+    denoiser: Denoiser
+    config: ExperimentConfig
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -49,8 +72,21 @@ class ServedModel:
         return self.config.data_shape[2]
 
 
-def load_served_model(path: str | Path) -> ServedModel:
-    """Load an image checkpoint; points (toy 2-D data) cannot be served as pictures."""
+def checkpoint_name(path: Path, root: Path | None = None) -> str:
+    """A checkpoint's display name: its path below `root` (default: its folder) without the suffix; a
+    checkpoint.safetensors or model.safetensors is named by its folder."""
+    relative = path.relative_to(root) if root is not None else Path(path.name)
+    named = relative.parent if path.stem in ("checkpoint", "model") else relative.with_suffix("")
+    return (named.as_posix() if named != Path(".") else "") or path.parent.name
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_served_model(path: str | Path, name: str | None = None) -> ServedModel:
+    """Load an image checkpoint (named `name`, default checkpoint_name); points (toy 2-D data) cannot be served as
+    pictures."""
     path = Path(path)
     model = load_model(path)
     denoiser, checkpoint = model.denoiser, model.checkpoint
@@ -58,8 +94,7 @@ def load_served_model(path: str | Path) -> ServedModel:
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise DifflabError(f"checkpoint {path} makes samples of shape {list(shape)}; serve needs images "
                            f"[channels 1 or 3, height, width]")
-    # checkpoint.safetensors / model.safetensors are named by their folder
-    name = path.parent.name if path.stem in ("checkpoint", "model") else path.stem
     if "text" in accepted(checkpoint.config):
         text_encoder()  # load the prompt encoder now rather than in the first request
-    return ServedModel(denoiser, checkpoint.config, name, path.name, hashlib.sha256(path.read_bytes()).hexdigest())
+    return ServedModel(path=path.resolve(), name=name or checkpoint_name(path), sha256=file_sha256(path),
+                       denoiser=denoiser, config=checkpoint.config)

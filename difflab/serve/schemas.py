@@ -3,9 +3,11 @@ for the fields a request gets wrong."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from difflab.serve.resize import MAX_PIXELS, MAX_SIDE
 
 MAX_STEPS = 1000
 MAX_IMAGES = 64  # batch_size * n_iter
@@ -14,9 +16,24 @@ MAX_PROMPT = 2000  # characters
 MAX_BODY_BYTES = 1 << 20  # request bodies larger than this are refused with 413
 
 
+# The web UI's txt2img fields that difflab does not use, with their defaults there (modules/processing.py
+# StableDiffusionProcessing and ...Txt2Img, v1.10, and the API's own additions in modules/api/models.py). A value other
+# than its default (or null, false, 0 or empty) asks for something difflab does not do, and is listed in info.warnings.
+IGNORED_FIELDS: dict[str, Any] = {
+    "styles": None, "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1,
+    "restore_faces": None, "tiling": None, "do_not_save_samples": False, "do_not_save_grid": False,
+    "denoising_strength": 0.75, "s_min_uncond": None, "refiner_checkpoint": None, "refiner_switch_at": None,
+    "disable_extra_networks": False, "firstpass_image": None, "comments": None, "enable_hr": False,
+    "firstphase_width": 0, "firstphase_height": 0, "hr_scale": 2.0, "hr_second_pass_steps": 0, "hr_resize_x": 0,
+    "hr_resize_y": 0, "hr_checkpoint_name": None, "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "",
+    "hr_negative_prompt": "", "script_name": None, "script_args": [], "save_images": False, "alwayson_scripts": {},
+    "infotext": None,
+}
+
+
 class Txt2ImgRequest(BaseModel):
-    """POST /sdapi/v1/txt2img. Fields of that API that difflab does not use are accepted and listed in
-    `info.warnings` when they ask for something (a value other than false/0/empty/null)."""
+    """POST /sdapi/v1/txt2img. Every field may be null, meaning its default, as in the web UI's API. Its fields that
+    difflab does not use (IGNORED_FIELDS) are accepted and listed in `info.warnings` when they ask for something."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -25,22 +42,56 @@ class Txt2ImgRequest(BaseModel):
     negative_prompt: str = Field("", max_length=MAX_PROMPT, description="what classifier-free guidance steers away "
                                  "from (cfg_scale > 1): free text on a text model, a class on a class-only model; "
                                  "ignored (with a warning) by an unconditional model")
-    steps: int = Field(20, ge=1, le=MAX_STEPS, description="sampler steps")
-    cfg_scale: float | None = Field(None, ge=0, le=30, description="classifier-free guidance scale 1 + w; 1 (the "
-                                    "default) is no guidance, and the only value an unconditional model takes")
-    sampler_name: str | None = Field(None, description="a name from GET /sdapi/v1/samplers (default: the first)")
+    steps: int = Field(50, ge=1, le=MAX_STEPS, description="sampler steps (the web UI API's default, 50)")
+    cfg_scale: float | None = Field(None, ge=0, le=30, description="classifier-free guidance scale 1 + w; 1 is no "
+                                    "guidance; default 2 (w = 1) on a conditional model; an unconditional model "
+                                    "ignores it, with a warning")
+    sampler_name: str | None = Field(None, description="a name from GET /sdapi/v1/samplers, optionally ending in a "
+                                     "scheduler label (\"Euler a Karras\"); default: the first. Unknown names fall "
+                                     "back to it with a warning (422 on a server run with --strict-names)")
     sampler_index: str | None = Field(None, description="older clients' field for sampler_name")
-    scheduler: str | None = Field(None, description="Automatic, Uniform, Karras or Exponential")
+    scheduler: str | None = Field(None, description="a name or label from GET /sdapi/v1/schedulers (karras or "
+                                  "Karras); a scheduler suffix in sampler_name wins over it")
+    eta: float | None = Field(None, description="noise of DDIM (default 0) and the ancestral samplers (default 1); "
+                              ">= 0")
+    s_churn: float | None = Field(None, description="Karras et al. churn of Euler and Heun (default 0); >= 0")
+    s_tmin: float | None = Field(None, description="lowest sigma that gets churn (default 0); >= 0")
+    s_tmax: float | None = Field(None, description="highest sigma that gets churn; 0 or null is infinite, as in the "
+                                 "web UI")
+    s_noise: float | None = Field(None, description="churn noise scale (default 1); > 0")
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks one at random; image i uses seed + i")
     batch_size: int = Field(1, ge=1, le=MAX_IMAGES, description="images per batch")
     n_iter: int = Field(1, ge=1, le=MAX_IMAGES, description=f"batches; batch_size * n_iter <= {MAX_IMAGES}")
-    width: int | None = Field(None, description="must be the model's width (default)")
-    height: int | None = Field(None, description="must be the model's height (default)")
+    width: int | None = Field(None, ge=1, le=MAX_SIDE, description="default: the model's width; another width is "
+                              "made at the model's size and resized by hr_upscaler")
+    height: int | None = Field(None, ge=1, le=MAX_SIDE, description="default: the model's height; as width")
+    hr_upscaler: str | None = Field(None, description="how an image is resized to width x height: a name from GET "
+                                    "/sdapi/v1/upscalers (default Lanczos)")
+    difflab_size_by: Literal["upscaler", "model"] = Field("upscaler", description="difflab's own field: how a "
+                                                          "size other than the model's is made: `upscaler` resizes "
+                                                          "the model's images by hr_upscaler; `model` runs a U-Net at "
+                                                          "that size (one it was not trained at)")
+    send_images: bool = Field(True, description="false answers without the images")
+    override_settings: dict[str, Any] | None = Field(None, description="options for this request only; difflab "
+                                                     "takes sd_model_checkpoint (a title from GET /sdapi/v1/sd-models)")
+    override_settings_restore_afterwards: bool = Field(True, description="false keeps the overriding model loaded "
+                                                       "after the request")
+    force_task_id: str | None = Field(None, max_length=200, description="the id POST /internal/progress knows this "
+                                      "request by (default: one is made up)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _bounded_images(self) -> Txt2ImgRequest:
         if self.batch_size * self.n_iter > MAX_IMAGES:
             raise ValueError(f"batch_size * n_iter must be <= {MAX_IMAGES}, got {self.batch_size} * {self.n_iter}")
+        pixels = self.batch_size * self.n_iter * (self.width or 1) * (self.height or 1)
+        if pixels > MAX_PIXELS:
+            raise ValueError(f"batch_size * n_iter * width * height must be <= {MAX_PIXELS} pixels (64 images of "
+                             f"512x512), got {pixels}")
         return self
 
 
@@ -50,6 +101,35 @@ class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = Field(default_factory=list, max_length=MAX_IMAGES, description="base64 PNG images")
     denoising_strength: float = Field(0.75, ge=0, le=1, description="how far to noise the init images")
     mask: str | None = Field(None, description="base64 PNG; white is repainted")
+
+
+class PngInfoRequest(BaseModel):
+    image: str = Field(max_length=MAX_BODY_BYTES, description="a base64 PNG (or data:image/png;base64,... URI)")
+
+
+class PngInfoResponse(BaseModel):
+    info: str = Field(description="the image's `parameters` text")
+    items: dict[str, str] = Field(description="its other text chunks")
+    parameters: dict[str, str] = Field(description="`info` parsed into fields, as the web UI parses it")
+
+
+class TaskProgressRequest(BaseModel):
+    """POST /internal/progress, the web UI's per-task progress (modules/progress.py)."""
+
+    id_task: str | None = Field(None, description="a txt2img request's force_task_id")
+    id_live_preview: int = Field(-1, description="the id of the last preview received; it is not sent again")
+    live_preview: bool = Field(True, description="include the current preview")
+
+
+class TaskProgressResponse(BaseModel):
+    active: bool
+    queued: bool
+    completed: bool
+    progress: float | None = None
+    eta: float | None = None
+    live_preview: str | None = Field(None, description="a data:image/png;base64 URI")
+    id_live_preview: int | None = None
+    textinfo: str | None = None
 
 
 class GenerationResponse(BaseModel):
@@ -101,6 +181,7 @@ class ModelInfo(BaseModel):
     width: int
     height: int
     channels: int
+    default_cfg_scale: float = Field(description="cfg_scale when a request gives none: 1 + w")
     max_steps: int = MAX_STEPS
     max_images: int = MAX_IMAGES
     max_seed: int = MAX_SEED
@@ -121,6 +202,8 @@ def describe_error(error: dict[str, Any]) -> tuple[str, str]:
         return "body", f"the body is not valid JSON ({error['ctx'].get('error', '')})"
     if kind == "string_too_long":
         return field, f"{field} must be at most {error['ctx']['max_length']} characters"
+    if kind == "literal_error":
+        return field, f"{field} must be {error['ctx']['expected']}, got {error.get('input')!r}"
     if kind == "too_long":
         return field, f"{field} must hold at most {error['ctx']['max_length']} items"
     metadata = Img2ImgRequest.model_fields[loc[0]].metadata if loc and loc[0] in Img2ImgRequest.model_fields else []

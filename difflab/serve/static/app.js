@@ -27,6 +27,7 @@ async function init() {
     $("steps").max = info.max_steps;
     $("batch").max = info.max_images;
     $("seed").max = info.max_seed;
+    $("cfg").value = info.default_cfg_scale;
     if (info.conditioning === "class") {
       $("prompt-row").hidden = true;
       $("class-row").hidden = false;
