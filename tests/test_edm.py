@@ -133,3 +133,24 @@ def test_likelihood_refuses_an_edm_model():
     precond = EDMPrecond(EDMConfig())
     with pytest.raises(DifflabError, match="likelihoods are computed for VP models"):
         images_bits_per_dim(Denoiser(ExactF(precond), precond), torch.zeros(1, 1, 4, 4))
+
+
+def test_the_server_runs_an_edm_model_on_its_own_grid(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from difflab.nets import build_network
+    from difflab.serve.app import create_app
+    from difflab.serve.model import load_served_model
+    from difflab.train.checkpoint import save_checkpoint
+
+    config = ExperimentConfig.from_dict({
+        "network": {"kind": "unet", "channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1,
+                    "attention_levels": [1], "head_dim": 8, "groups": 4},
+        "precond": {"kind": "edm"}, "train": {"loss": "edm"}, "data_shape": [1, 16, 16]})
+    path = tmp_path / "edm.safetensors"
+    save_checkpoint(path, config, 0, model=build_network(config.network))
+    with TestClient(create_app(load_served_model(path))) as client:
+        response = client.post("/sdapi/v1/txt2img", json={"sampler_name": "DPM++ 2M", "steps": 3, "width": 16,
+                                                          "height": 16})
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["info"])["grid"] == "karras"
