@@ -39,7 +39,8 @@ def register(subparsers) -> None:
                    help="learning-rate multiplier for the class-label table (fine-tuning a zero-initialised table)")
     p.add_argument("--loss", choices=LOSSES, help="simple: L_simple with fixed variance (default); hybrid: "
                    "L_simple + 0.001 L_vlb with learned variance; vlb: L_vlb with learned variance and importance-"
-                   "sampled t (Nichol & Dhariwal 2021); hybrid and vlb set network.learned_variance")
+                   "sampled t (Nichol & Dhariwal 2021); hybrid and vlb set network.learned_variance; edm: Karras et "
+                   "al.'s loss, for a config with precond.kind edm (configs/fashion_mnist_edm.json)")
     p.add_argument("--init", help="start from this checkpoint's EMA weights (fine-tuning); new layers keep their init")
     p.add_argument("--out", default="runs/train", help="output folder (checkpoint, log, plots, samples)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.safetensors")
@@ -59,7 +60,7 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
         overrides.update(steps=args.steps, minutes=args.minutes)  # a budget given on the command line replaces the recipe's
     network = config.network
     if args.loss is not None:  # hybrid and vlb train the variance fraction v (Nichol & Dhariwal 2021, Sec. 3.1)
-        network = replace(network, learned_variance=args.loss != "simple")
+        network = replace(network, learned_variance=args.loss in ("hybrid", "vlb"))
     return replace(config, network=network, train=replace(config.train, **overrides))
 
 
