@@ -114,6 +114,18 @@ def test_browser_page_generates_an_image(server, tmp_path):
             assert widths == [16, 16, 16]
             assert "prompt ignored" in page.inner_text("#gallery") and "DPM++ 2M Karras" in page.inner_text("#gallery")
             assert page.get_attribute("#gallery a.download", "download").endswith(".png")
+            assert "Steps: 30, Sampler: DPM++ 2M Karras" in page.inner_text("#gallery pre.infotext")
+            # the checkpoint selector switches to the class-conditional model of --models-dir
+            other = next(o for o in page.eval_on_selector_all("#model-select option", "os => os.map(o => o.value)")
+                         if "other" in o)
+            page.select_option("#model-select", other)
+            page.wait_for_selector("#class-row:not([hidden])")
+            assert page.inner_text("#model").startswith("other") and "classes" in page.inner_text("#model")
+            page.select_option("#class", CLASSES[1])
+            page.fill("#batch", "1")
+            page.click("#generate")
+            page.wait_for_function("document.querySelectorAll('#gallery img').length === 4")
+            assert page.inner_text("#gallery pre.infotext").startswith(CLASSES[1])  # the newest image's text first
             assert errors == [] and page.is_hidden("#error")
             screenshot = artifacts / "serve_page.png"
             page.screenshot(path=str(screenshot), full_page=True)

@@ -19,36 +19,66 @@ function showError(message) {
 
 async function init() {
   try {
-    const [info, samplers] = await Promise.all([api("/difflab/v1/model"), api("/sdapi/v1/samplers")]);
-    model = info;
-    $("model").textContent = `${info.name} · ${info.width}×${info.height}` +
-      {class: ` · ${(info.class_names || []).length} classes`, text: " · text prompts", none: " · unconditional"}[info.conditioning];
+    const [models, options, samplers] = await Promise.all(
+      [api("/sdapi/v1/sd-models"), api("/sdapi/v1/options"), api("/sdapi/v1/samplers")]);
+    for (const m of models) $("model-select").add(new Option(m.title, m.title));
+    $("model-select").value = options.sd_model_checkpoint;
     for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
-    $("steps").max = info.max_steps;
-    $("batch").max = info.max_images;
-    $("seed").max = info.max_seed;
-    $("cfg").value = info.default_cfg_scale;
-    if (info.conditioning === "class") {
-      $("prompt-row").hidden = true;
-      $("class-row").hidden = false;
-      $("class").add(new Option("any class (unconditional)", ""));
-      for (const name of info.class_names) $("class").add(new Option(name, name));
-    } else if (info.conditioning === "none") {
-      $("conditioning-note").hidden = false;
-      $("conditioning-note").textContent =
-        `${info.name} is unconditional: a prompt is accepted but does not steer the image.`;
-    }
-    if (info.conditioning === "none") {
-      $("negative").disabled = $("cfg").disabled = true;
-      $("negative").placeholder = "needs a conditional model";
-    } else if (info.conditioning === "text") {
-      $("prompt").placeholder = "e.g. a dark ankle boot, some jeans, a sandal for summer";
-      $("negative").placeholder = "text to steer away from (with CFG scale > 1)";
-    } else {
-      $("negative").placeholder = "a class to steer away from (with CFG scale > 1)";
-    }
+    await configure();
   } catch (err) {
     showError(`cannot reach the server: ${err.message}`);
+  }
+}
+
+// The form for the current model: its conditioning decides between a prompt, a class list or neither.
+async function configure() {
+  const info = await api("/difflab/v1/model");
+  model = info;
+  $("class").replaceChildren();
+  $("prompt-row").hidden = false;
+  $("class-row").hidden = true;
+  $("conditioning-note").hidden = true;
+  $("negative").disabled = $("cfg").disabled = false;
+  $("model").textContent = `${info.name} · ${info.width}×${info.height}` +
+    {class: ` · ${(info.class_names || []).length} classes`, text: " · text prompts", none: " · unconditional"}[info.conditioning];
+  $("steps").max = info.max_steps;
+  $("batch").max = info.max_images;
+  $("seed").max = info.max_seed;
+  $("cfg").value = info.default_cfg_scale;
+  if (info.conditioning === "class") {
+    $("prompt-row").hidden = true;
+    $("class-row").hidden = false;
+    $("class").add(new Option("any class (unconditional)", ""));
+    for (const name of info.class_names) $("class").add(new Option(name, name));
+  } else if (info.conditioning === "none") {
+    $("conditioning-note").hidden = false;
+    $("conditioning-note").textContent =
+      `${info.name} is unconditional: a prompt is accepted but does not steer the image.`;
+  }
+  if (info.conditioning === "none") {
+    $("negative").disabled = $("cfg").disabled = true;
+    $("negative").placeholder = "needs a conditional model";
+  } else if (info.conditioning === "text") {
+    $("prompt").placeholder = "e.g. a dark ankle boot, some jeans, a sandal for summer";
+    $("negative").placeholder = "text to steer away from (with CFG scale > 1)";
+  } else {
+    $("negative").placeholder = "a class to steer away from (with CFG scale > 1)";
+  }
+}
+
+// Switch checkpoints as the web UI does: POST /sdapi/v1/options, which the server queues between requests.
+async function switchModel() {
+  showError("");
+  $("generate").disabled = $("model-select").disabled = true;
+  $("model").textContent = "loading model…";
+  try {
+    await api("/sdapi/v1/options", {method: "POST", headers: {"Content-Type": "application/json"},
+                                    body: JSON.stringify({sd_model_checkpoint: $("model-select").value})});
+    await configure();
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    $("generate").disabled = $("model-select").disabled = false;
   }
 }
 
@@ -113,7 +143,10 @@ function addCards(result) {
       line.textContent = warning;
       meta.append(line);
     }
-    card.title = info.infotexts[i];
+    const infotext = document.createElement("pre");  // the generation parameters, as the web UI prints them
+    infotext.className = "infotext";
+    infotext.textContent = info.infotexts[i];
+    meta.after(infotext);
     const link = card.querySelector("a");
     link.href = src;
     link.download = `difflab-${info.sd_model_name}-${seed}.png`;
@@ -152,6 +185,7 @@ async function generate(event) {
 }
 
 $("form").addEventListener("submit", generate);
+$("model-select").addEventListener("change", switchModel);
 $("dice").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); });
 $("interrupt").addEventListener("click", () => api("/sdapi/v1/interrupt", {method: "POST"}).catch(() => {}));
 init();
