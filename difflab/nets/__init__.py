@@ -8,14 +8,16 @@ from typing import Any
 from torch import nn
 
 from difflab.errors import DifflabError
+from difflab.nets.dit import DiT, DiTConfig
 from difflab.nets.mlp import MLPConfig, MLPDenoiserNet
 from difflab.nets.unet import UNet, UNetConfig
 
-NETWORKS = {"unet": (UNetConfig, UNet), "mlp": (MLPConfig, MLPDenoiserNet)}
+NETWORKS = {"unet": (UNetConfig, UNet), "dit": (DiTConfig, DiT), "mlp": (MLPConfig, MLPDenoiserNet)}
+NetworkConfig = UNetConfig | DiTConfig | MLPConfig
 
 
-def network_config(spec: dict[str, Any]) -> UNetConfig | MLPConfig:
-    """Parse {'kind': 'unet'|'mlp', **fields} into the typed config, naming any unknown field."""
+def network_config(spec: dict[str, Any]) -> NetworkConfig:
+    """Parse {'kind': 'unet'|'dit'|'mlp', **fields} into the typed config, naming any unknown field."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind not in NETWORKS:
@@ -27,11 +29,11 @@ def network_config(spec: dict[str, Any]) -> UNetConfig | MLPConfig:
     return config_cls(**spec)
 
 
-def network_spec(config: UNetConfig | MLPConfig) -> dict[str, Any]:
+def network_spec(config: NetworkConfig) -> dict[str, Any]:
     """The JSON form of a network config (inverse of network_config)."""
     kind = next(k for k, (cls, _) in NETWORKS.items() if isinstance(config, cls))
     return {"kind": kind, **asdict(config)}
 
 
-def build_network(config: UNetConfig | MLPConfig) -> nn.Module:
+def build_network(config: NetworkConfig) -> nn.Module:
     return NETWORKS[network_spec(config)["kind"]][1](config)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from difflab.conditioning import NULL_LABEL
+from difflab.conditioning import NULL_LABEL, Condition
+
+Context = tuple[torch.Tensor, torch.Tensor] | None  # text tokens [B, L, D_text] and mask [B, L] for cross-attention
 
 
 def sinusoidal_embedding(c_noise: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -41,3 +44,15 @@ class NoiseEmbedding(nn.Module):
                 labels = torch.full((c_noise.shape[0],), NULL_LABEL, device=c_noise.device)
             emb = emb + self.class_embedding(torch.where(labels == NULL_LABEL, self.num_classes, labels))
         return emb
+
+
+def condition_embedding(embed: NoiseEmbedding, text: nn.Module | None, c_noise: torch.Tensor, cond: Condition | None,
+                        batch: int, device) -> tuple[torch.Tensor, Context]:
+    """SiLU of the noise embedding plus the class embedding and the pooled text, and the text tokens for
+    cross-attention (None without a text context, difflab.nets.attention.TextContext)."""
+    emb = embed(c_noise, None if cond is None else cond.labels)
+    context = None
+    if text is not None:
+        tokens, mask, pooled = text(None if cond is None else cond.text, batch, device, emb.dtype)
+        emb, context = emb + pooled, (tokens, mask)
+    return F.silu(emb), context

@@ -19,7 +19,7 @@ from torch import nn
 from difflab.errors import DifflabError
 from difflab.conditioning import Condition
 from difflab.nets.attention import CrossAttention, SelfAttention, TextContext
-from difflab.nets.embeddings import NoiseEmbedding
+from difflab.nets.embeddings import Context, NoiseEmbedding, condition_embedding
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,6 @@ class Level(nn.Module):
         return self.cross_attns[k](h, *context) if len(self.cross_attns) else h
 
 
-Context = tuple[torch.Tensor, torch.Tensor] | None  # text tokens [B, L, D] and mask [B, L] for cross-attention
 
 
 class TrunkFeatures(NamedTuple):
@@ -152,12 +151,7 @@ class UNetEncoder(nn.Module):
 
     def embedding(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Condition | None) -> tuple[torch.Tensor, Context]:
         """SiLU of the noise embedding plus the class embedding and pooled text, and the text tokens."""
-        emb = self.embed(c_noise, None if cond is None else cond.labels)
-        context = None
-        if self.text is not None:
-            tokens, mask, pooled = self.text(None if cond is None else cond.text, x.shape[0], x.device, emb.dtype)
-            emb, context = emb + pooled, (tokens, mask)
-        return F.silu(emb), context
+        return condition_embedding(self.embed, self.text, c_noise, cond, x.shape[0], x.device)
 
     def encode(self, x: torch.Tensor, emb: torch.Tensor, context: Context) -> list[torch.Tensor]:
         """The skips in the order they are pushed; the last one is the middle's input."""

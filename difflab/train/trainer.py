@@ -37,7 +37,7 @@ def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
     """Fill in the data shape and, for conditioning, the class table, label embedding and text width."""
     network = config.network
     if isinstance(network, MLPConfig) != (data.kind == "points"):
-        raise DifflabError(f"network.kind 'mlp' is for 2-D points and 'unet' for images; data {data.name!r} "
+        raise DifflabError(f"network.kind 'mlp' is for 2-D points, 'unet' and 'dit' for images; data {data.name!r} "
                            f"holds {data.kind}: use a matching --config")
     if isinstance(network, MLPConfig) and network.dim != data.shape[0]:
         network = replace(network, dim=data.shape[0])
@@ -53,7 +53,7 @@ def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
         network = replace(network, num_classes=data.num_classes)
     if "text" in cond:
         if isinstance(network, MLPConfig):
-            raise DifflabError(f"--cond {cond} needs a unet network (cross-attention), not an mlp")
+            raise DifflabError(f"--cond {cond} needs a unet or dit network (cross-attention), not an mlp")
         network = replace(network, text_dim=TEXT_DIM)
     return replace(config, network=network, data_shape=data.shape, class_names=class_names)
 
