@@ -5,8 +5,8 @@ Every model trains --steps at --batch (so on the same number of images) from its
 for "unet", configs/fashion_mnist_dit.json with the named size (difflab.nets.dit.DIT_SIZES) for "DiT-S/4" and the
 like. A run already in OUT is resumed, not restarted, and a model measured with the same settings is not measured
 again (its row is kept in its run folder). For each model (EMA weights): parameters, forward Gflops
-counted at batch 1 (difflab.nets.flops, a multiply-add is 2 flops), training images/s (median over the log windows)
-and FD of --n samples by DPM++ 2M on the Karras grid as `difflab eval` measures it. Prints a table and writes
+counted at batch 1 (difflab.nets.flops, a multiply-add is 2 flops), training images/s (every model's training step
+timed side by side in alternating rounds at the end, so the ratios hold on a busy machine) and FD of --n samples by DPM++ 2M on the Karras grid as `difflab eval` measures it. Prints a table and writes
 docs/dit_scaling.json and docs/dit_scaling.png.
 
     python bench/dit_scaling.py --steps 1000 --threads 2 --out runs/dit_scaling
@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -67,15 +69,31 @@ def measure(name: str, out: Path, args: argparse.Namespace) -> dict:
         return json.loads(cached.read_text())["row"]
     denoiser, checkpoint = load_denoiser(out / CHECKPOINT)
     shape = checkpoint.config.data_shape
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     x = generate(denoiser, tuple(shape), args.n, sampler="dpmpp_2m", grid="karras", steps=args.sampling_steps,
                  batch=64, progress=True)
     row = {"model": name, "params": parameter_count(denoiser.net),
            "gflops": forward_flops(denoiser.net, tuple(shape)) / 1e9,
-           "images_per_s": statistics.median(entry["images_per_s"] for entry in log), "threads": torch.get_num_threads(),
            "fd": evaluate_images(to_uint8(x))["fd"]}
     cached.write_text(json.dumps({"setting": setting, "row": row}, indent=2))
     return row
+
+
+def training_speed(names: list[str], args: argparse.Namespace, rounds: int = 3, steps: int = 5) -> dict[str, float]:
+    """Training images/s of each model (its recipe's step: data, loss, backward, AdamW, EMA), timed side by side in
+    alternating rounds after one warm-up step each, so the machine's load hits every model alike."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {name: Trainer(model_config(name, args), Path(tmp) / name.replace("/", "_"), progress=False)
+                    for name in names}
+        seconds: dict[str, list[float]] = {name: [] for name in names}
+        for trainer in trainers.values():
+            trainer.train_step()
+        for _ in range(rounds):
+            for name, trainer in trainers.items():
+                start = time.perf_counter()
+                for _ in range(steps):
+                    trainer.train_step()
+                seconds[name].append((time.perf_counter() - start) / steps)
+    return {name: args.batch / statistics.median(per_step) for name, per_step in seconds.items()}
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
@@ -128,11 +146,13 @@ def main() -> None:
              f"DPM++ 2M Karras {args.sampling_steps} steps")
     args.docs.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in args.models:  # the figures are rewritten after each model, so a stopped run keeps what it measured
+    for name in args.models:
         rows.append(measure(name, train(name, args), args))
         print(json.dumps(rows[-1]), flush=True)
-        (args.docs / "dit_scaling.json").write_text(json.dumps({**setup, "models": rows}, indent=2))
-        plot(rows, args.docs / "dit_scaling.png", title)
+    speed = training_speed(args.models, args)
+    rows = [{**row, "images_per_s": speed[row["model"]], "threads": torch.get_num_threads()} for row in rows]
+    (args.docs / "dit_scaling.json").write_text(json.dumps({**setup, "models": rows}, indent=2))
+    plot(rows, args.docs / "dit_scaling.png", title)
 
     print(f"\n{title}")
     print(f"{'model':<10}{'params':>10}{'Gflops':>9}{'images/s':>10}{'FD':>8}")
