@@ -21,9 +21,6 @@ from difflab.errors import DifflabError
 from difflab.prediction import Prediction, check_prediction, training_target, x0_from_output
 from difflab.schedules import DiscreteSchedule, append_dims, vp_coefficients
 
-PrecondKind = Literal["vp", "edm"]
-
-
 @dataclass(frozen=True)
 class EDMConfig:
     """EDM's preconditioning and noise levels (Karras et al. 2022, Table 1, the "Ours" column)."""

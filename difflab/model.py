@@ -11,10 +11,7 @@ from pathlib import Path
 
 from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
-from difflab.guidance import NoisyClassifier
 from difflab.train.checkpoint import Checkpoint, load_denoiser
-from difflab.train.classifier import load_classifier
-from difflab.train.classifier_config import ClassifierSpec
 from difflab.train.config import read_json_object
 
 PARTS = ("denoiser", "classifier")  # what a manifest may name; the denoiser is required
@@ -24,9 +21,7 @@ PARTS = ("denoiser", "classifier")  # what a manifest may name; the denoiser is 
 class Model:
     denoiser: Denoiser
     checkpoint: Checkpoint  # the denoiser's file: its config, step and refs
-    files: dict[str, Path]  # component name -> file
-    classifier: NoisyClassifier | None = None
-    classifier_spec: ClassifierSpec | None = None
+    files: dict[str, Path]  # component name -> file; the classifier is loaded where guidance asks for it
 
 
 def component_files(path: str | Path) -> dict[str, Path]:
@@ -45,13 +40,10 @@ def component_files(path: str | Path) -> dict[str, Path]:
 
 
 def load_model(path: str | Path) -> Model:
-    """Every component of the model at `path`, the denoiser with its EMA weights in eval mode."""
+    """The model at `path`: its denoiser (EMA weights, eval mode), its frozen components checked, its files."""
     files = component_files(path)
     denoiser, checkpoint = load_denoiser(files["denoiser"])
     for name, ref in checkpoint.refs.items():
         ref.check(name)
-    classifier = spec = None
-    if "classifier" in files:
-        classifier, spec = load_classifier(files["classifier"])
-    return Model(denoiser, checkpoint, files, classifier, spec)
+    return Model(denoiser, checkpoint, files)
 

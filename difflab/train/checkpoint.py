@@ -76,7 +76,6 @@ class Checkpoint:
     optimizer_groups: list[dict] | None
     kind: str = "denoiser"
     refs: dict[str, ComponentRef] = field(default_factory=dict)
-    metadata: dict[str, str] = field(default_factory=dict)
 
     def section(self, prefix: str) -> dict[str, torch.Tensor]:
         """The tensors stored under `prefix.` with the prefix removed."""
@@ -158,7 +157,6 @@ def load_checkpoint(path: str | Path, kind: str | None = "denoiser") -> Checkpoi
         optimizer_groups=None if groups is None else json.loads(groups),
         kind=found,
         refs=refs,
-        metadata=metadata,
     )
 
 
@@ -231,7 +229,7 @@ def load_denoiser(path: str | Path, prefer_ema: bool = True) -> tuple[Denoiser, 
     return build_denoiser(net, config).eval(), checkpoint
 
 
-def build_denoiser(net: nn.Module, config: ExperimentConfig, learned_variance: bool | None = None) -> Denoiser:
+def build_denoiser(net: nn.Module, config: ExperimentConfig) -> Denoiser:
     """The experiment's network inside its preconditioning (VP over its schedule, or EDM)."""
     precond = build_precond(config.precond, DiscreteSchedule(config.schedule), config.prediction)
-    return Denoiser(net, precond, learned_variance)
+    return Denoiser(net, precond)

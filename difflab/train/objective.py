@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from difflab.conditioning import Condition
-from difflab.denoiser import Denoiser, Precond
+from difflab.denoiser import Denoiser
 from difflab.objectives import Decoder, LossKind, draw_edm_noise, draw_noise, training_loss
 from difflab.train.checkpoint import ComponentRef
 from difflab.train.conditions import TrainingConditions
@@ -61,14 +61,14 @@ class DiffusionObjective(Objective):
     """simple / hybrid / vlb / edm losses of a denoiser network, with condition dropout and, for L_vlb,
     timesteps importance-sampled from the loss history (Nichol & Dhariwal 2021, Sec. 3.3)."""
 
-    def __init__(self, net: nn.Module, precond: Precond, kind: LossKind, conditions: TrainingConditions, *,
+    def __init__(self, denoiser: Denoiser, kind: LossKind, conditions: TrainingConditions, *,
                  label_lr_scale: float = 1.0, min_snr_gamma: float | None = None, vlb_weight: float = 0.001,
                  decoder: Decoder = "discretized"):
-        self.module, self.precond, self.kind, self.conditions = net, precond, kind, conditions
+        self.denoiser, self.kind, self.conditions = denoiser, kind, conditions
+        self.module, self.precond = denoiser.net, denoiser.precond
         self.label_lr_scale, self.min_snr_gamma, self.vlb_weight, self.decoder = (label_lr_scale, min_snr_gamma,
                                                                                   vlb_weight, decoder)
-        self.t_sampler = LossHistorySampler(precond.schedule.timesteps) if kind == "vlb" else None
-        self.denoiser = Denoiser(net, precond)
+        self.t_sampler = LossHistorySampler(self.precond.schedule.timesteps) if kind == "vlb" else None
 
     def param_groups(self) -> list[dict]:
         return param_groups(self.module, self.label_lr_scale)

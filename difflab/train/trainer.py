@@ -83,7 +83,7 @@ class Trainer:
             net = net.to(memory_format=torch.channels_last)  # about 10% faster convolutions on CPU
         self.denoiser = build_denoiser(net, self.config)
         self.objective = DiffusionObjective(
-            net, self.denoiser.precond, cfg.loss, TrainingConditions(cfg.cond, cfg.p_uncond, self.data),
+            self.denoiser, cfg.loss, TrainingConditions(cfg.cond, cfg.p_uncond, self.data),
             label_lr_scale=cfg.label_lr_scale, min_snr_gamma=cfg.min_snr_gamma, vlb_weight=cfg.vlb_weight,
             decoder="discretized" if self.data.kind == "image" else "gaussian")
         self.loop = TrainingLoop(self.objective, self.data, cfg, self.out, kind="denoiser", config=self.config,
