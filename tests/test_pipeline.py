@@ -24,7 +24,7 @@ from difflab.pipelines.generate import generate
 from difflab.pipelines.guidance import GuidanceRequest
 from difflab.pipelines.request import Request, plan_request
 from difflab.pipelines.samplers import SCHEDULER_NAMES, find_scheduler, resolve_sampler, split_scheduler
-from difflab.pipelines.start import cut_grid
+from difflab.pipelines.start import StrengthLevels, cut_grid, img2img_levels
 from difflab.serve.app import create_app
 from difflab.serve.model import load_served_model
 from difflab.train.checkpoint import load_denoiser
@@ -50,9 +50,29 @@ def test_cut_grid_starts_at_sigma_start_and_keeps_the_levels_below():
     sigmas = torch.tensor([80.0, 10.0, 1.0, 0.1, 0.0], dtype=torch.float64)
     assert torch.equal(cut_grid(sigmas, 5.0), torch.tensor([5.0, 1.0, 0.1, 0.0], dtype=torch.float64))
     assert torch.equal(cut_grid(sigmas, 1.0), sigmas[2:])  # a level of the grid is not repeated
-    for bad in (80.0, 100.0, 0.0):
+    assert torch.equal(cut_grid(sigmas, 80.0), sigmas)
+    for bad in (80.5, 100.0, 0.0):
         with pytest.raises(DifflabError, match="sigma_start must lie in"):
             cut_grid(sigmas, bad)
+
+
+def test_img2img_levels_follow_a1111_steps_rule():
+    def make(n):  # a grid of n steps: levels n, n-1, ..., 1, 0
+        return torch.arange(n, -1, -1, dtype=torch.float64)
+
+    # default: 20 steps, t_enc = int(0.5 * 20) = 10, start at grid[20 - 10 - 1] = 11 -> 11 evaluations
+    half = img2img_levels(make, 20, 0.5)
+    assert (half.steps, half.sigma_start) == (20, 11.0)
+    assert len(cut_grid(make(half.steps), half.sigma_start)) - 1 == 11
+    # exact steps: a grid of int(20 / 0.5) = 40 steps, of which exactly the last 20 run
+    exact = img2img_levels(make, 20, 0.5, exact_steps=True)
+    assert (exact.steps, exact.sigma_start) == (40, 20.0)
+    assert len(cut_grid(make(exact.steps), exact.sigma_start)) - 1 == 20
+    assert img2img_levels(make, 20, 0.999).sigma_start == 20.0  # the top level, with the input in it
+    assert img2img_levels(make, 20, 1.0) == StrengthLevels(20, None)  # prior noise: txt2img
+    assert not img2img_levels(make, 20, 0.0).runs  # the input untouched
+    with pytest.raises(DifflabError, match="strength must lie in"):
+        img2img_levels(make, 20, 1.5)
 
 
 def test_a_start_at_a_low_level_stays_close_to_the_start_image(bundled, images):
