@@ -11,7 +11,9 @@ from difflab.errors import DifflabError
 COMMAND_MODULES = ("difflab.commands.demo", "difflab.commands.train", "difflab.commands.sample",
                    "difflab.commands.samplers", "difflab.commands.export", "difflab.commands.eval",
                    "difflab.commands.serve", "difflab.commands.train_classifier", "difflab.commands.convert_classifier",
-                   "difflab.commands.nll")
+                   "difflab.commands.nll", "difflab.commands.train_autoencoder",
+                   "difflab.commands.personalize", "difflab.commands.train_controlnet",
+                   "difflab.commands.edit", "difflab.commands.distill", "difflab.commands.train_consistency")
 
 
 class Parser(argparse.ArgumentParser):

@@ -48,15 +48,35 @@ class VPConfig:
     kind: Literal["vp"] = "vp"
 
 
-PrecondConfig = VPConfig | EDMConfig
+@dataclass(frozen=True)
+class ConsistencyConfig:
+    """A consistency model's boundary-condition scalings (Song et al. 2023, App. C) around the network's own
+    preconditioning `inner` (vp or edm), whose denoiser output the scalings re-weight."""
+
+    kind: Literal["consistency"] = "consistency"
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002  # the boundary level epsilon, where f(x, sigma_min) = x exactly
+    inner: VPConfig | EDMConfig = VPConfig()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inner, dict):
+            object.__setattr__(self, "inner", precond_config(self.inner))
+        if isinstance(self.inner, ConsistencyConfig):
+            raise DifflabError("precond.inner of a consistency model must be vp or edm")
+        if not (self.sigma_data > 0 and self.sigma_min > 0):
+            raise DifflabError(f"precond: consistency needs sigma_data > 0 and sigma_min > 0, got {self.sigma_data}, "
+                               f"{self.sigma_min}")
+
+
+PrecondConfig = VPConfig | EDMConfig | ConsistencyConfig
 
 
 def precond_config(spec: dict) -> PrecondConfig:
-    """Parse {'kind': 'vp'|'edm', **fields}, naming an unknown kind or field."""
+    """Parse {'kind': 'vp'|'edm'|'consistency', **fields}, naming an unknown kind or field."""
     spec = dict(spec)
-    cls = {"vp": VPConfig, "edm": EDMConfig}.get(spec.get("kind", "vp"))
+    cls = {"vp": VPConfig, "edm": EDMConfig, "consistency": ConsistencyConfig}.get(spec.get("kind", "vp"))
     if cls is None:
-        raise DifflabError(f"precond.kind must be vp or edm, got {spec.get('kind')!r}")
+        raise DifflabError(f"precond.kind must be vp or edm (or consistency, around either), got {spec.get('kind')!r}")
     unknown = set(spec) - set(cls.__dataclass_fields__)
     if unknown:
         raise DifflabError(f"precond: unknown field(s) {', '.join(sorted(unknown))} for kind {spec['kind']!r}")
@@ -134,7 +154,42 @@ class EDMPrecond:
         return (x0 - c_skip * (x0 + append_dims(sigma.to(x0.dtype), x0.ndim) * eps)) / c_out
 
 
-Precond = VPPrecond | EDMPrecond
+class ConsistencyPrecond:
+    """f(x, sigma) = c_skip(sigma) x + c_out(sigma) F(x, sigma), exactly x at sigma = sigma_min (Song et al. 2023,
+    Eq. 5 with the scalings of App. C). F is the inner preconditioning's EDM-form output,
+    F = (D_inner(x, sigma) - c_skip^EDM x) / c_out^EDM: the raw network output for an EDM inner, and for any inner
+    f -> D_inner where sigma >> sigma_min, so a student starts from its teacher's weights as the teacher's denoiser."""
+
+    kind = "consistency"
+
+    def __init__(self, config: ConsistencyConfig, inner: VPPrecond | EDMPrecond):
+        self.config, self.inner = config, inner
+        self.schedule = inner.schedule
+        self.prediction = getattr(inner, "prediction", None)
+
+    def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_skip, c_out) of the boundary condition at levels sigma (any shape)."""
+        sigma_data, sigma_min = self.config.sigma_data, self.config.sigma_min
+        c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)  # sigma_d^2 / ((s - s_min)^2 + sigma_d^2)
+        c_out = (sigma - sigma_min) * sigma_data / torch.sqrt(sigma_data**2 + sigma**2)  # (s - s_min) sigma_d / ...
+        return c_skip, c_out
+
+    def prior_std(self, sigma: float) -> float:
+        return self.inner.prior_std(sigma)
+
+    def inputs(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.inputs(x, sigma)
+
+    def x0(self, x: torch.Tensor, sigma: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        sigma_data, s = self.config.sigma_data, append_dims(sigma.to(x.dtype), x.ndim)
+        edm_skip = sigma_data**2 / (s**2 + sigma_data**2)  # Karras et al. 2022, Table 1
+        edm_out = s * sigma_data / torch.sqrt(s**2 + sigma_data**2)
+        network = (self.inner.x0(x, sigma, output) - edm_skip * x) / edm_out  # F in EDM form
+        c_skip, c_out = self.scalings(s)
+        return c_skip * x + c_out * network  # Song et al. 2023, Eq. 5
+
+
+Precond = VPPrecond | EDMPrecond | ConsistencyPrecond
 
 
 class Denoiser(nn.Module):
@@ -166,7 +221,7 @@ class Denoiser(nn.Module):
     def default_grid(self) -> str:
         """The grid sampling uses unless told: trailing timesteps on a VP schedule (Lin et al. 2024), Karras et al.'s
         rho = 7 spacing over EDM's continuous levels."""
-        return "trailing" if self.precond.kind == "vp" else "karras"
+        return "trailing" if isinstance(self.schedule, DiscreteSchedule) else "karras"
 
     @property
     def sigma_min(self) -> float:
@@ -217,6 +272,8 @@ def build_precond(config: PrecondConfig, schedule: DiscreteSchedule, prediction:
     """The preconditioning of an experiment: VP over its discrete schedule and prediction type, or EDM."""
     if isinstance(config, EDMConfig):
         return EDMPrecond(config)
+    if isinstance(config, ConsistencyConfig):
+        return ConsistencyPrecond(config, build_precond(config.inner, schedule, prediction))
     return VPPrecond(schedule, prediction)
 
 

@@ -42,6 +42,14 @@ def denoise_with_variance(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Ten
     return with_variance(x, sigma, cond)
 
 
+def tile_rows(cond: Condition | None, n: int) -> Condition | None:
+    """A B-row condition for n = k B rows, k stacked copies of the batch (row r is sample r mod B): a parallel sampler
+    (difflab.samplers.paradigms) evaluates a window of steps in one call."""
+    if cond is None or len(cond) == n:
+        return cond
+    return cond[torch.arange(n) % len(cond)]
+
+
 class SamplerDenoiser(nn.Module):
     """Base of the sampler-facing wrappers: forward is the x0_hat part of with_variance."""
 
@@ -57,7 +65,7 @@ class ConditionedDenoiser(SamplerDenoiser):
         self.denoiser, self.cond = denoiser, cond
 
     def with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return denoise_with_variance(self.denoiser, x, sigma, self.cond)
+        return denoise_with_variance(self.denoiser, x, sigma, tile_rows(self.cond, x.shape[0]))
 
 
 class ClassifierFreeGuidance(ConditionedDenoiser):
@@ -77,7 +85,7 @@ class ClassifierFreeGuidance(ConditionedDenoiser):
     def joint_condition(self, n: int) -> Condition | None:
         """The 2n-row condition of the batched forward; the same at every step, so concatenated only once."""
         if self.joint is None or self.joint[0] != n:
-            self.joint = n, Condition.cat([self.cond, self.negative], [n, n])
+            self.joint = n, Condition.cat([tile_rows(self.cond, n), tile_rows(self.negative, n)], [n, n])
         return self.joint[1]
 
     def with_variance(self, x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -170,7 +178,7 @@ class ClassifierGuided(SamplerDenoiser):
         self.inner, self.classifier, self.labels, self.scale = inner, classifier, labels, scale
 
     def grad_log_p(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return classifier_grad(self.classifier, x, sigma, self.labels)
+        return classifier_grad(self.classifier, x, sigma, self.labels.repeat(x.shape[0] // len(self.labels)))
 
 
 class ClassifierGuidance(ClassifierGuided):

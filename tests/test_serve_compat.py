@@ -83,10 +83,10 @@ def test_a_full_default_body_is_served_without_warnings(client, defaults):
 
 
 def test_fields_that_ask_for_something_else_are_named_in_warnings(client):
-    _, info = txt2img(client, prompt="Bag", enable_hr=True, subseed_strength=0.5, save_images=True,
+    _, info = txt2img(client, prompt="Bag", tiling=True, subseed_strength=0.5, save_images=True,
                       override_settings={"CLIP_stop_at_last_layers": 2}, some_extension_field="x")
     assert info["warnings"] == [f"{field} ignored: {value!r} asks for something difflab does not do" for field, value
-                                in (("enable_hr", True), ("subseed_strength", 0.5), ("save_images", True),
+                                in (("tiling", True), ("subseed_strength", 0.5), ("save_images", True),
                                     ("some_extension_field", "x"), ("override_settings.CLIP_stop_at_last_layers", 2))]
 
 

@@ -1,5 +1,6 @@
 """`difflab serve` as a real uvicorn server on 127.0.0.1: the example client, and the page in headless chromium."""
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -26,17 +28,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`difflab serve` on a free loopback port with a tiny checkpoint; stopped when the module's tests are done."""
-    folder = tmp_path_factory.mktemp("live")
-    checkpoint = write_checkpoint(folder / "checkpoint.safetensors")
-    write_checkpoint(folder / "models" / "other.safetensors", CLASSES)
+@contextlib.contextmanager
+def serving(arguments: list[str], folder: Path):
+    """`difflab serve ARGUMENTS` on a free loopback port, its URL while the block runs (its log in folder)."""
     port = free_port()
     log = open(folder / "server.log", "w+")
-    process = subprocess.Popen([sys.executable, "-m", "difflab", "serve", str(checkpoint), "--port", str(port),
-                                "--threads", "1", "--models-dir", str(folder / "models")],
-                               stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    process = subprocess.Popen([sys.executable, "-m", "difflab", "serve", *arguments, "--port", str(port),
+                                "--threads", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -54,6 +52,48 @@ def server(tmp_path_factory):
         process.terminate()
         process.wait(30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`difflab serve` with a tiny checkpoint; stopped when the module's tests are done."""
+    folder = tmp_path_factory.mktemp("live")
+    checkpoint = write_checkpoint(folder / "checkpoint.safetensors")
+    write_checkpoint(folder / "models" / "other.safetensors", CLASSES)
+    with serving([str(checkpoint), "--models-dir", str(folder / "models")], folder) as url:
+        yield url
+
+
+def playwright_or_skip():
+    """playwright's sync_playwright, or a skip naming what is missing."""
+    if importlib.util.find_spec("playwright") is None:
+        pytest.skip("playwright is not installed (pip install playwright)")
+    if not CHROMIUM.exists():
+        pytest.skip(f"chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    return sync_playwright
+
+
+@contextlib.contextmanager
+def browser_page(tmp_path: Path, height: int, screenshot: str):
+    """A chromium page (1100 x height) that records page errors; unless the test failed, the page must end with no
+    error shown and is saved as `screenshot` in $DIFFLAB_TEST_ARTIFACTS (default tmp_path)."""
+    sync_playwright = playwright_or_skip()
+    artifacts = Path(os.environ.get("DIFFLAB_TEST_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            yield page
+            assert errors == [] and page.is_hidden("#error")
+            page.screenshot(path=str(artifacts / screenshot), full_page=True)
+            print(f"screenshot: {artifacts / screenshot}")
+        finally:
+            browser.close()
 
 
 def test_example_client_runs_unchanged(server, tmp_path):
@@ -84,51 +124,71 @@ def test_workflow_client_runs_unchanged(server, tmp_path):
 
 
 def test_browser_page_generates_an_image(server, tmp_path):
-    if importlib.util.find_spec("playwright") is None:
-        pytest.skip("playwright is not installed (pip install playwright)")
-    if not CHROMIUM.exists():
-        pytest.skip(f"chromium is not installed at {CHROMIUM} (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
+    with browser_page(tmp_path, 720, "serve_page.png") as page:
+        page.goto(server)
+        page.wait_for_selector("#sampler option", state="attached")
+        page.fill("#prompt", "a coat")
+        page.fill("#steps", "30")
+        page.fill("#batch", "3")
+        page.select_option("#sampler", "DPM++ 2M Karras")
+        page.click("#dice")
+        assert int(page.input_value("#seed")) >= 0
+        page.click("#generate")
+        page.wait_for_selector('#progress[data-state="done"]', timeout=60_000)
+        assert page.eval_on_selector("#progress", "p => p.value") == 1
+        page.wait_for_function("document.querySelectorAll('#gallery img').length === 3")
+        widths = page.eval_on_selector_all("#gallery img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
+        assert widths == [16, 16, 16]
+        assert "prompt ignored" in page.inner_text("#gallery") and "DPM++ 2M Karras" in page.inner_text("#gallery")
+        assert page.get_attribute("#gallery a.download", "download").endswith(".png")
+        assert "Steps: 30, Sampler: DPM++ 2M Karras" in page.inner_text("#gallery pre.infotext")
+        # the checkpoint selector switches to the class-conditional model of --models-dir
+        other = next(o for o in page.eval_on_selector_all("#model-select option", "os => os.map(o => o.value)")
+                     if "other" in o)
+        page.select_option("#model-select", other)
+        page.wait_for_selector("#class-row:not([hidden])")
+        assert page.inner_text("#model").startswith("other") and "classes" in page.inner_text("#model")
+        page.select_option("#class", CLASSES[1])
+        page.fill("#batch", "1")
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#gallery img').length === 4")
+        assert page.inner_text("#gallery pre.infotext").startswith(CLASSES[1])  # the newest image's text first
 
-    artifacts = Path(os.environ.get("DIFFLAB_TEST_ARTIFACTS", tmp_path))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1100, "height": 720})
-            errors = []
-            page.on("pageerror", lambda err: errors.append(str(err)))
-            page.goto(server)
-            page.wait_for_selector("#sampler option", state="attached")
-            page.fill("#prompt", "a coat")
-            page.fill("#steps", "30")
-            page.fill("#batch", "3")
-            page.select_option("#sampler", "DPM++ 2M Karras")
-            page.click("#dice")
-            assert int(page.input_value("#seed")) >= 0
-            page.click("#generate")
-            page.wait_for_selector('#progress[data-state="done"]', timeout=60_000)
-            assert page.eval_on_selector("#progress", "p => p.value") == 1
-            page.wait_for_function("document.querySelectorAll('#gallery img').length === 3")
-            widths = page.eval_on_selector_all("#gallery img", "imgs => imgs.map(i => i.complete && i.naturalWidth)")
-            assert widths == [16, 16, 16]
-            assert "prompt ignored" in page.inner_text("#gallery") and "DPM++ 2M Karras" in page.inner_text("#gallery")
-            assert page.get_attribute("#gallery a.download", "download").endswith(".png")
-            assert "Steps: 30, Sampler: DPM++ 2M Karras" in page.inner_text("#gallery pre.infotext")
-            # the checkpoint selector switches to the class-conditional model of --models-dir
-            other = next(o for o in page.eval_on_selector_all("#model-select option", "os => os.map(o => o.value)")
-                         if "other" in o)
-            page.select_option("#model-select", other)
-            page.wait_for_selector("#class-row:not([hidden])")
-            assert page.inner_text("#model").startswith("other") and "classes" in page.inner_text("#model")
-            page.select_option("#class", CLASSES[1])
-            page.fill("#batch", "1")
-            page.click("#generate")
-            page.wait_for_function("document.querySelectorAll('#gallery img').length === 4")
-            assert page.inner_text("#gallery pre.infotext").startswith(CLASSES[1])  # the newest image's text first
-            assert errors == [] and page.is_hidden("#error")
-            screenshot = artifacts / "serve_page.png"
-            page.screenshot(path=str(screenshot), full_page=True)
-            print(f"screenshot: {screenshot}")
-        finally:
-            browser.close()
+
+def test_browser_page_inpaints_a_painted_mask(server, tmp_path):
+    """The img2img tab: upload an image, paint a mask over its right side, edit; the unpainted side comes back as is."""
+    source = tmp_path / "ramp.png"
+    Image.fromarray(np.tile(np.arange(0, 256, 16, dtype=np.uint8)[None], (16, 1))).save(source)
+    with browser_page(tmp_path, 820, "serve_page_inpaint.png") as page:
+        page.goto(server)
+        page.wait_for_selector("#sampler option", state="attached")
+        page.check("#mode-img2img")
+        assert page.is_visible("#edit-panel") and page.inner_text("#generate") == "Edit"
+        page.set_input_files("#init-file", str(source))
+        page.wait_for_function("editor.loaded")
+        box = page.locator("#mask-canvas").bounding_box()
+        page.mouse.move(box["x"] + 0.8 * box["width"], box["y"] + 0.2 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.8 * box["width"], box["y"] + 0.8 * box["height"], steps=8)
+        page.mouse.up()
+        assert "inpainting" in page.inner_text("#mask-state")
+        page.eval_on_selector("#strength", "e => { e.value = '1'; e.dispatchEvent(new Event('input')); }")
+        page.fill("#steps", "4")
+        page.fill("#batch", "1")
+        page.click("#generate")
+        page.wait_for_selector('#progress[data-state="done"]', timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('#gallery img').length === 1 && "
+                               "document.querySelector('#gallery img').complete")
+        text = page.inner_text("#gallery pre.infotext")
+        assert "Denoising strength: 1" in text and "Masked content: original" in text
+        # the left half was not painted: its pixels are the upload's, read back from the result in the page
+        same = page.evaluate("""() => {
+            const result = document.querySelector('#gallery img'), canvas = document.createElement('canvas');
+            canvas.width = canvas.height = 16;
+            const c = canvas.getContext('2d');
+            c.drawImage(result, 0, 0);
+            const out = c.getImageData(0, 0, 8, 16).data;
+            const ref = document.getElementById('init-canvas').getContext('2d').getImageData(0, 0, 8, 16).data;
+            return out.every((v, i) => v === ref[i]);
+        }""")
+        assert same

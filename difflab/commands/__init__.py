@@ -12,6 +12,15 @@ from difflab.errors import DifflabError
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODEL = ASSETS / "fashion_mnist" / "model.safetensors"  # unconditional (the demo's)
 BUNDLED_CONDITIONAL_MODEL = ASSETS / "fashion_mnist_cond" / "model.safetensors"  # classes and text prompts
+BUNDLED_LATENT_MODEL = ASSETS / "fashion_mnist_latent" / "model.json"  # classes and text prompts, in latent space
+BUNDLED_NAMES = {"latent": BUNDLED_LATENT_MODEL}  # what a model argument may name instead of a file
+
+
+def model_file(spec: str | None, default: Path) -> Path:
+    """A model argument: a file, a bundled model's name (BUNDLED_NAMES), or None for `default`."""
+    if spec is None:
+        return default
+    return BUNDLED_NAMES[spec] if spec in BUNDLED_NAMES and not Path(spec).exists() else Path(spec)
 
 
 def _positive(name: str, kind: type, noun: str):

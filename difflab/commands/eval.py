@@ -19,7 +19,7 @@ import torch
 
 from difflab.conditioning import Condition
 from difflab import distributed
-from difflab.commands import positive_int, set_threads
+from difflab.commands import model_file, positive_int, set_threads
 from difflab.commands.guidance_flags import add_guidance_arguments, guidance_settings
 from difflab.commands.sample import add_sampling_arguments, request_from_args
 from difflab.data.toy import sample_toy
@@ -57,15 +57,15 @@ def register(subparsers) -> None:
 
 def generate_samples(args: argparse.Namespace, shard: Shard, device: torch.device) -> tuple[Samples, str | None, dict]:
     """N samples from the checkpoint (class-balanced labels for a class-conditional one), its data spec and timing."""
-    model = load_model(args.source)
-    denoiser, checkpoint = model.denoiser, model.checkpoint
+    model = load_model(model_file(args.source, None))
+    checkpoint = model.checkpoint
     n = args.n or DEFAULT_GENERATED
     request = request_from_args(args, model, n)
     config = checkpoint.config
-    plan = plan_request(request, denoiser.to(device), config)
+    plan = plan_request(request, model.to(device).denoiser, config, decode=model.decoder)
     labels = None if plan.class_names is None else torch.arange(n) % len(plan.class_names)
-    if config.data_shape not in ((2,), (1, *IMAGE_SIZE)):
-        raise DifflabError(f"{args.source}: its samples have shape {list(config.data_shape)}; difflab eval takes "
+    if model.image_shape not in ((2,), (1, *IMAGE_SIZE)):
+        raise DifflabError(f"{args.source}: its samples have shape {list(model.image_shape)}; difflab eval takes "
                            "1x28x28 Fashion-MNIST images or 2-D toy points")
     start = time.perf_counter()
     x = replace(plan, cond=None if labels is None else Condition(labels)).sample(progress=shard.is_main)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from difflab import distributed
-from difflab.commands import BUNDLED_CONDITIONAL_MODEL, positive_int, set_threads
+from difflab.commands import BUNDLED_CONDITIONAL_MODEL, model_file, positive_int, set_threads
+from difflab.commands.control_flags import add_control_arguments, controls_from_args
 from difflab.commands.guidance_flags import add_guidance_arguments, guidance_request
+from difflab.commands.stage_flags import add_stage_arguments, model_argument, run_stages
 from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
 from difflab.distributed import DEVICES, init_shard, resolve_device
@@ -19,15 +22,17 @@ from difflab.pipelines.request import Request, plan_request
 from difflab.pipelines.samplers import OPTION_RANGES, choose_sampler
 from difflab.samplers.common import StepInfo
 from difflab.model import Model, load_model
+from difflab.adapters.use import apply_adapters
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The flags that choose how to sample; shared by every command that generates."""
     p.add_argument("--sampler", default="ddim", help="sampler name (see `difflab samplers`) or a web UI name such as "
                                                      "'DPM++ 2M Karras'; default ddim")
-    p.add_argument("--steps", type=positive_int("--steps"), default=50,
-                   help="number of grid steps (default 50); for rk45 the number of output levels it stops at, "
-                        "its own steps being chosen by --rtol/--atol; for svgd the number of updates")
+    p.add_argument("--steps", type=positive_int("--steps"),
+                   help="number of grid steps (default 50, or a distilled student's own); for rk45 the number of "
+                        "output levels it stops at, its own steps being chosen by --rtol/--atol; for svgd the number "
+                        "of updates")
     p.add_argument("--grid", choices=GRIDS, help="noise-level spacing (default: the one a web UI sampler name implies, "
                                                  "else the model's: trailing for a VP model, karras for EDM)")
     p.add_argument("--sections", help='--grid respaced: section counts "10,15,20" or "ddimN" adding up to --steps')
@@ -46,6 +51,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="predictor_corrector / annealed_langevin: Langevin steps per level >= 1 (default 1)")
     p.add_argument("--step-size", type=float, help="> 0; annealed_langevin: Langevin step / sigma^2 (default 0.2); "
                                                    "svgd: distance moved per update (default 0.02)")
+    p.add_argument("--window", type=int, help="paradigms_*: steps evaluated in parallel per round (default 8)")
+    p.add_argument("--tolerance", type=float, help="paradigms_*: Picard tolerance on the step's noise std, >= 0 "
+                                                   "(default 0.1; 0 gives the sequential sampler's result)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch", type=positive_int("--batch"), default=64)
     p.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -63,6 +71,9 @@ def request_from_args(args: argparse.Namespace, model: Model, n: int, label: int
                       prompt: str | None = None) -> Request:
     """The Request that the sampling and guidance flags ask for, for `model`."""
     denoiser = model.denoiser
+    student = model.checkpoint.config.student_grid  # a progressive-distillation student samples on its own grid
+    if args.steps is None:
+        args.steps, args.grid = (50, args.grid) if student is None else (student.steps, args.grid or student.kind)
     return Request(label=label, prompt=prompt, guidance=guidance_request(args, model.files.get("classifier")),
                    sampler=args.sampler, grid=args.grid,
                    sections=args.sections, options=sampler_options(args, denoiser), steps=args.steps, n=n,
@@ -72,8 +83,9 @@ def request_from_args(args: argparse.Namespace, model: Model, n: int, label: int
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample from a checkpoint", description=__doc__)
     p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint or a .json model manifest {\"denoiser\": FILE, "
-                                                 "\"classifier\": FILE} (default: the bundled conditional model, which "
-                                                 "also samples unconditionally)")
+                                                 "\"classifier\": FILE, \"autoencoder\": FILE}, or 'latent' (the bundled "
+                                                 "latent text-to-image model); default: the bundled conditional "
+                                                 "model, which also samples unconditionally")
     add_sampling_arguments(p)
     p.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"), default=64,
                    help="number of samples (default 64); spell it --num-samples under torchrun, which takes --n as its own")
@@ -82,6 +94,12 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", help="text prompt for a text-conditional model, e.g. 'a dark ankle boot'")
     p.add_argument("--out", default="samples.png", help="FILE.png (grid or scatter plot) or FILE.npz")
     add_guidance_arguments(p)
+    p.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
+                   help="attach a LoRA trained on this model, scaled by WEIGHT (default 1); repeatable")
+    p.add_argument("--embedding", action="append", metavar="FILE",
+                   help="a textual-inversion embedding: prompts containing its token use it; repeatable")
+    add_control_arguments(p)
+    add_stage_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -89,22 +107,29 @@ def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     if Path(args.out).suffix.lower() not in (".png", ".npz"):
         raise DifflabError(f"--out must end in .png or .npz, got {args.out!r}")
-    model = load_model(args.checkpoint or BUNDLED_CONDITIONAL_MODEL)
-    denoiser, checkpoint = model.denoiser, model.checkpoint
+    model = load_model(model_file(model_argument(args), BUNDLED_CONDITIONAL_MODEL))
+    for line in apply_adapters(model, args.lora, args.embedding):
+        print(f"using {line}")
+    checkpoint = model.checkpoint
     request = request_from_args(args, model, args.n, label=args.label, prompt=args.prompt)
+    request = replace(request, controls=controls_from_args(args, tuple(checkpoint.config.data_shape[-2:])))
     device = resolve_device(args.device)
-    plan = plan_request(request, denoiser.to(device), checkpoint.config)
+    plan = plan_request(request, model.to(device).denoiser, checkpoint.config, decode=model.decoder)
     labels = None if plan.cond is None else plan.cond.labels
     nfe: dict[int, int] = {}  # batch -> network evaluations, from samplers that report them (rk45)
+    rounds: dict[int, int] = {}  # batch -> sequential network calls, from parallel samplers (paradigms_*)
 
     def count_nfe(batch: int, step: StepInfo) -> None:
         if step.nfe is not None:
             nfe[batch] = step.nfe
+        if step.rounds is not None:
+            rounds[batch] = step.rounds
 
     start = time.perf_counter()
     shard = init_shard(device)  # under torchrun each process draws a range of the samples
     try:
-        x = plan.sample(callback=count_nfe, progress=shard.is_main)
+        x = run_stages(args, plan, checkpoint.config, device, request_from_args,
+                       lambda plan: plan.sample(callback=count_nfe, progress=shard.is_main), shard.is_main)
     finally:
         distributed.close()
     if not shard.is_main:
@@ -116,4 +141,6 @@ def run(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - start:.1f} s{processes})")
     if nfe:
         print(f"network evaluations per batch: {', '.join(str(nfe[b]) for b in sorted(nfe))}")
+    if rounds:
+        print(f"sequential rounds per batch: {', '.join(str(rounds[b]) for b in sorted(rounds))}")
     return 0

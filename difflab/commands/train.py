@@ -42,6 +42,10 @@ def register(subparsers) -> None:
                    "sampled t (Nichol & Dhariwal 2021); hybrid and vlb set network.learned_variance; edm: Karras et "
                    "al.'s loss, for a config with precond.kind edm (configs/fashion_mnist_edm.json)")
     p.add_argument("--init", help="start from this checkpoint's EMA weights (fine-tuning); new layers keep their init")
+    p.add_argument("--low-res-augmentation", type=float, help="super-resolution (train.low_res): the largest "
+                   "noise-augmentation level s of the low-resolution condition, drawn from U[0, s]; 0: none")
+    p.add_argument("--autoencoder", metavar="AE.safetensors", help="latent diffusion: train on the scaled latents of "
+                   "this frozen autoencoder (difflab train-autoencoder), referred to by path and sha256")
     p.add_argument("--out", default="runs/train", help="output folder (checkpoint, log, plots, samples)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/checkpoint.safetensors")
     p.set_defaults(handler=run)
@@ -55,7 +59,10 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
                                    "lr": args.lr, "seed": args.seed, "cond": args.cond, "init_from": args.init,
                                    "accumulate": args.accumulate, "precision": args.precision,
                                    "compile": args.compile, "device": args.device,
-                                   "loss": args.loss, "label_lr_scale": args.label_lr_scale}.items() if v is not None}
+                                   "loss": args.loss, "label_lr_scale": args.label_lr_scale,
+                                   "low_res_augmentation": args.low_res_augmentation,
+                                   "autoencoder": args.autoencoder and str(Path(args.autoencoder).resolve())
+                                   }.items() if v is not None}
     if args.steps is not None or args.minutes is not None:
         overrides.update(steps=args.steps, minutes=args.minutes)  # a budget given on the command line replaces the recipe's
     network = config.network

@@ -10,10 +10,11 @@ import torch
 
 @dataclass(frozen=True)
 class Dataset:
-    """`data` is uint8 [N, C, H, W] for images (scaled to [-1, 1] on access) or float32 [N, D] for points."""
+    """`data` is uint8 [N, C, H, W] for images (scaled to [-1, 1] on access), float32 [N, D] for points, or float32
+    [N, c, h, w] for an autoencoder's scaled latents of images (difflab.latent)."""
 
     name: str
-    kind: Literal["image", "points"]
+    kind: Literal["image", "points", "latent"]
     data: torch.Tensor
     labels: torch.Tensor | None = None
     class_names: tuple[str, ...] | None = None

@@ -46,11 +46,30 @@ class NoiseEmbedding(nn.Module):
         return emb
 
 
+def zero_last_layer(embed: NoiseEmbedding) -> NoiseEmbedding:
+    """`embed` with its output layer zeroed: an embedding added to a trained network starts as no change."""
+    nn.init.zeros_(embed.mlp[2].weight)
+    nn.init.zeros_(embed.mlp[2].bias)
+    return embed
+
+
+def noise_level_input(cond: Condition | None, batch: int, device) -> torch.Tensor:
+    """c_aug = 1000 s for a noise-augmentation level s in data units (timestep-like, for the sinusoids); level 0
+    (no augmentation) where the condition or its row is absent."""
+    part = None if cond is None else cond.tensors.get("noise_level")
+    if part is None:
+        return torch.zeros(batch, device=device)
+    return 1000 * part.value.float() * part.present  # c_aug = 1000 s, 0 on null rows
+
+
 def condition_embedding(embed: NoiseEmbedding, text: nn.Module | None, c_noise: torch.Tensor, cond: Condition | None,
-                        batch: int, device) -> tuple[torch.Tensor, Context]:
-    """SiLU of the noise embedding plus the class embedding and the pooled text, and the text tokens for
-    cross-attention (None without a text context, difflab.nets.attention.TextContext)."""
+                        batch: int, device, noise_level: NoiseEmbedding | None = None) -> tuple[torch.Tensor, Context]:
+    """SiLU of the noise embedding plus the class embedding, the pooled text and the noise-augmentation level's
+    embedding, and the text tokens for cross-attention (None without a text context,
+    difflab.nets.attention.TextContext)."""
     emb = embed(c_noise, None if cond is None else cond.labels)
+    if noise_level is not None:
+        emb = emb + noise_level(noise_level_input(cond, batch, device))
     context = None
     if text is not None:
         tokens, mask, pooled = text(None if cond is None else cond.text, batch, device, emb.dtype)

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.errors import DifflabError
-from difflab.conditioning import Condition
+from difflab.conditioning import IMAGE_KINDS, Condition
 from difflab.nets.attention import CrossAttention, SelfAttention, TextContext
-from difflab.nets.embeddings import Context, NoiseEmbedding, condition_embedding
+from difflab.nets.embeddings import Context, NoiseEmbedding, condition_embedding, zero_last_layer
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,18 @@ class UNetConfig:
     num_classes: int | None = None
     text_dim: int | None = None  # width of the text encoder's tokens; enables cross-attention
     learned_variance: bool = False  # doubles the output channels: [prediction, v] (Nichol & Dhariwal 2021, Eq. 15)
+    # image conditions ((kind, channels) pairs; in JSON {"low_res": 1}) concatenated to the input's channels (SR3,
+    # Saharia et al. 2021; Ho et al. 2021), and the noise-augmentation level as an extra embedding (Ho et al. 2021)
+    concat_conditions: tuple[tuple[str, int], ...] = ()
+    noise_level_embedding: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
         object.__setattr__(self, "attention_levels", tuple(self.attention_levels))
+        object.__setattr__(self, "concat_conditions", tuple(dict(self.concat_conditions).items()))
+        if any(kind not in IMAGE_KINDS or channels < 1 for kind, channels in self.concat_conditions):
+            raise DifflabError(f"network.concat_conditions must map image kinds ({', '.join(IMAGE_KINDS)}) to channel "
+                               f"counts >= 1, got {dict(self.concat_conditions)}")
         if any(w % self.groups for w in self.widths):
             raise DifflabError(f"network: every width {list(self.widths)} must be divisible by groups={self.groups}")
         if any(not 0 <= level < len(self.channel_mult) for level in self.attention_levels):
@@ -54,7 +62,8 @@ class UNetConfig:
     def accepts(self) -> frozenset[str]:
         """The condition kinds this network takes (difflab.conditioning.CONDITION_KINDS)."""
         sizes = {"class": self.num_classes, "text": self.text_dim}
-        return frozenset(kind for kind, size in sizes.items() if size is not None)
+        tensors = [kind for kind, _ in self.concat_conditions] + (["noise_level"] if self.noise_level_embedding else [])
+        return frozenset([kind for kind, size in sizes.items() if size is not None] + tensors)
 
 
 class ResBlock(nn.Module):
@@ -132,6 +141,14 @@ class UNetEncoder(nn.Module):
         self.embed = NoiseEmbedding(ch, self.embed_dim, config.num_classes)
         self.text = TextContext(config.text_dim, self.embed_dim) if config.text_dim else None
         self.conv_in = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+        # conv_in over [x, conditions] = conv_in(x) + cond_in(conditions): the concatenated channels' own weights,
+        # zero at first, so a network fine-tuned from an unconditional one starts from its output
+        widths = sum(channels for _, channels in config.concat_conditions)
+        self.cond_in = nn.Conv2d(widths, ch, 3, padding=1, bias=False) if widths else None
+        if self.cond_in is not None:
+            nn.init.zeros_(self.cond_in.weight)
+        self.noise_level_embed = zero_last_layer(NoiseEmbedding(ch, self.embed_dim)) if config.noise_level_embedding \
+            else None
 
         skip_widths, skip_strides = [ch], [1]
         self.down = nn.ModuleList()
@@ -151,11 +168,28 @@ class UNetEncoder(nn.Module):
 
     def embedding(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Condition | None) -> tuple[torch.Tensor, Context]:
         """SiLU of the noise embedding plus the class embedding and pooled text, and the text tokens."""
-        return condition_embedding(self.embed, self.text, c_noise, cond, x.shape[0], x.device)
+        return condition_embedding(self.embed, self.text, c_noise, cond, x.shape[0], x.device, self.noise_level_embed)
 
-    def encode(self, x: torch.Tensor, emb: torch.Tensor, context: Context) -> list[torch.Tensor]:
-        """The skips in the order they are pushed; the last one is the middle's input."""
-        h = self.conv_in(x)
+    def concatenated(self, x: torch.Tensor, cond: Condition | None) -> torch.Tensor | None:
+        """The image conditions [B, sum of channels, H, W] to concatenate to x (zeros for an absent kind or row)."""
+        if self.cond_in is None:
+            return None
+        parts = []
+        for kind, channels in self.config.concat_conditions:
+            part = None if cond is None else cond.tensors.get(kind)
+            if part is not None and tuple(part.value.shape[1:]) != (channels, *x.shape[2:]):
+                raise DifflabError(f"condition {kind!r} must be [B, {channels}, {x.shape[2]}, {x.shape[3]}] to "
+                                   f"concatenate to x, got {list(part.value.shape)}")
+            parts.append(x.new_zeros(x.shape[0], channels, *x.shape[2:]) if part is None else part.value.to(x.dtype))
+        return torch.cat(parts, dim=1)
+
+    def encode(self, x: torch.Tensor, emb: torch.Tensor, context: Context,
+               concatenated: torch.Tensor | None = None, hint: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The skips in the order they are pushed; the last one is the middle's input. `hint`, a ControlNet's encoded
+        condition image, is added to the input conv's output (Zhang et al. 2023, Sec. 3.2)."""
+        h = self.conv_in(x) if concatenated is None else self.conv_in(x) + self.cond_in(concatenated)
+        if hint is not None:
+            h = add_residual("hint", h, hint)
         skips = [h]
         for level, stage in enumerate(self.down):
             for k in range(len(stage.blocks)):
@@ -187,7 +221,7 @@ class UNetTrunk(UNetEncoder):
 
     def features(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Condition | None = None) -> TrunkFeatures:
         emb, context = self.embedding(x, c_noise, cond)
-        skips = self.encode(x, emb, context)
+        skips = self.encode(x, emb, context, self.concatenated(x, cond))
         return TrunkFeatures(skips, self.middle(skips[-1], emb, context), emb, context)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -18,6 +18,9 @@ from difflab.pipelines.start import check_start, cut_grid, noised_start, start_r
 from difflab.samplers import get_sampler
 from difflab.samplers.common import StepInfo, randn_like
 
+if TYPE_CHECKING:
+    from difflab.edit.inpaint import Inpainting
+
 NO_GUIDANCE = Guidance()
 Decode = Callable[[torch.Tensor], torch.Tensor]
 
@@ -29,7 +32,7 @@ def generate_batches(
     cond: Condition | None = None, options: dict[str, Any] | None = None, progress: bool = False,
     callback: Callable[[int, StepInfo], None] | None = None, guidance: Guidance | None = None,
     start: torch.Tensor | None = None, sigma_start: float | None = None, start_noised: bool = False,
-    decode: Decode | None = None,
+    decode: Decode | None = None, inpaint: Inpainting | None = None,
 ) -> Iterator[torch.Tensor]:
     """generate() batch by batch, each batch as soon as it is done."""
     if n <= 0:
@@ -39,6 +42,8 @@ def generate_batches(
     info = get_sampler(sampler)
     guidance = guidance or NO_GUIDANCE
     guidance.check(sampler, denoiser, cond)
+    if inpaint is not None:
+        inpaint.check(sampler)
     sigmas = make_grid(denoiser.schedule, steps, grid, sections)
     if start is not None or sigma_start is not None:
         check_start(start, sigma_start, n, shape)
@@ -58,14 +63,17 @@ def generate_batches(
             cond_b = None if cond is None else cond[first: first + size].to(device)
             negative_b = guidance.negative_rows(first, first + size)
             guided = guidance.wrap(denoiser, cond_b, None if negative_b is None else negative_b.to(device))
+            sample = info.fn
+            if inpaint is not None:
+                guided, sample = inpaint.bind(guided, sample, first, size, noise)
 
             def step_callback(step: StepInfo, b=b, size=size) -> None:
                 bar.update(size)
                 if callback is not None:
                     callback(b, step)
 
-            x = info.fn(guided, x, sigmas.to(device), generator=generators, callback=step_callback,
-                        **(options or {}))
+            x = sample(guided, x, sigmas.to(device), generator=generators, callback=step_callback,
+                       **(options or {}))
             yield (x if decode is None else decode(x)).float().cpu()
 
 
@@ -78,6 +86,9 @@ def generate(denoiser: Denoiser, shape: tuple[int, ...], n: int, **arguments: An
     grid is cut there, and the start (samples in data space) gets noise of that level from each sample's generator,
     unless it is `start_noised` already. `decode` maps the sampler's output to samples (default: identity, a pixel
     model; a latent model's autoencoder decodes).
+
+    `inpaint` (difflab.edit.inpaint.Inpainting) regenerates only inside a mask: it wraps each batch's denoiser (and,
+    for RePaint, the sampler) given the batch's start noise.
 
     `callback(batch_index, step_info)` sees every step. Samples are returned in float32 on the CPU.
     """
@@ -98,6 +109,8 @@ def generate_sharded(denoiser: Denoiser, shape: tuple[int, ...], n: int, *, seed
     shard = init_shard()
     lo, hi = shard.range(n, batch)
     part = torch.empty((0, *shape))
+    if hi <= lo and options.get("decode") is not None:  # a rank with no samples still gathers the decoded shape
+        part = options["decode"](part.to(next(denoiser.parameters()).device)).float().cpu()
     if hi > lo:
         part = generate(denoiser, shape, hi - lo, seed=seed + lo, batch=batch,
                         cond=None if cond is None else cond[lo:hi],

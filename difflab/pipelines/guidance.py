@@ -54,6 +54,11 @@ def plan_guidance(request: GuidanceRequest, config: ExperimentConfig,
                                    f"condition of classifier-free guidance")
     if request.percentile is not None and request.threshold != "dynamic":
         raise dialect.refuse("percentile", f"applies only to {dialect.name('threshold')} dynamic")
+    latent = config.train.autoencoder is not None  # a latent model: x0_hat is a scaled latent, not pixels in [-1, 1]
+    for name in ("threshold", "classifier"):
+        if latent and getattr(request, name) is not None:
+            raise dialect.refuse(name, f"acts on pixels in [-1, 1], and {dialect.model} samples autoencoder latents "
+                                       f"(they have no such range); leave it out")
     for name in ("classifier_scale", "classifier_form"):
         if name in given and request.classifier is None:
             raise dialect.refuse(name, f"needs {dialect.name('classifier')} CKPT")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,12 +20,17 @@ from difflab.errors import DifflabError
 from difflab.grids import GridKind, make_grid
 from difflab.guidance import Guidance
 from difflab.pipelines.conditions import accepted, describe_conditioning, request_condition
+from difflab.pipelines.control import apply_controls
 from difflab.pipelines.dialect import CLI, Dialect
-from difflab.pipelines.generate import generate_batches, generate_sharded
+from difflab.pipelines.generate import Decode, generate_batches, generate_sharded
 from difflab.pipelines.guidance import GuidanceRequest, plan_guidance
 from difflab.pipelines.samplers import SamplerName, choose_sampler
 from difflab.samplers.common import StepInfo
 from difflab.train.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from difflab.edit.inpaint import Inpainting
+    from difflab.pipelines.control import ControlUnit
 
 CONDITION_FIELDS = {"label": "class", "prompt": "text"}  # Request (and GuidanceRequest negative_*) field -> kind
 
@@ -49,6 +54,9 @@ class Request:
     batch: int = 64
     start: torch.Tensor | None = None
     sigma_start: float | None = None
+    start_noised: bool = False  # the start is already at sigma_start (an inverted image)
+    inpaint: Inpainting | None = None  # regenerate only inside a mask (difflab.edit.inpaint)
+    controls: tuple[ControlUnit, ...] = ()  # ControlNets and their images (difflab.pipelines.control)
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,12 +72,14 @@ class Plan:
     guidance: Guidance | None
     class_names: tuple[str, ...] | None  # what labels index: the model's classes, or a guiding classifier's
     warnings: tuple[str, ...] = ()  # what was dropped, and why
+    decode: Decode | None = None  # the sampler's output -> images: a latent model's decoder (Model.decoder)
 
     def _arguments(self) -> dict[str, Any]:
         request = self.request
         return dict(sampler=self.sampler.sampler, steps=request.steps, grid=self.sampler.grid,
                     sections=request.sections, seed=request.seed, batch=request.batch, cond=self.cond,
-                    options=self.options, guidance=self.guidance, start=request.start, sigma_start=request.sigma_start)
+                    options=self.options, guidance=self.guidance, start=request.start, sigma_start=request.sigma_start,
+                    decode=self.decode, start_noised=request.start_noised, inpaint=request.inpaint)
 
     def batches(self, callback: Callable[[int, StepInfo], None] | None = None) -> Iterator[torch.Tensor]:
         """All n samples in this process, batch by batch as each is done (a server keeps those done when interrupted)."""
@@ -81,10 +91,11 @@ class Plan:
                                 **self._arguments())
 
 
-def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig, dialect: Dialect = CLI) -> Plan:
-    """Check `request` against the model (`denoiser` and its checkpoint's `config`): each field it cannot honour is a
-    RequestError naming the field in the caller's `dialect`. The web UI's fields that a model cannot use are dropped
-    instead, each with a warning."""
+def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig, dialect: Dialect = CLI,
+                 decode: Decode | None = None) -> Plan:
+    """Check `request` against the model (`denoiser` and its checkpoint's `config`, and for a latent model the
+    `decode` of its Model): each field it cannot honour is a RequestError naming the field in the caller's `dialect`.
+    The web UI's fields that a model cannot use are dropped instead, each with a warning."""
     request, warnings = drop_unusable(request, config, dialect) if dialect.web_ui else (request, ())
     sampler, options = choose_sampler(request.sampler, request.grid, request.sections, request.options, denoiser,
                                       dialect)
@@ -92,11 +103,17 @@ def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig,
         make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections)
     except DifflabError as err:
         raise dialect.error("steps", str(err)) from None
+    student = config.student_grid  # a progressive-distillation student (difflab.distill.progressive)
+    reason = None if student is None else student.check(
+        make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections), sampler.sampler)
+    if reason is not None:
+        raise dialect.error("steps", reason)
     guidance, class_names = plan_guidance(request.guidance, config, dialect)
     row = request_condition(config, label=request.label, prompt=request.prompt, class_names=class_names,
                             dialect=dialect)
-    return Plan(request, denoiser, tuple(config.data_shape), sampler, options,
-                None if row is None else row.repeat(request.n), guidance, class_names, warnings)
+    plan = Plan(request, denoiser, tuple(config.data_shape), sampler, options,
+                None if row is None else row.repeat(request.n), guidance, class_names, warnings, decode=decode)
+    return apply_controls(plan, request.controls)
 
 
 def drop_unusable(request: Request, config: ExperimentConfig, dialect: Dialect) -> tuple[Request, tuple[str, ...]]:

@@ -118,6 +118,8 @@ OPTION_RANGES = {
     "step_size": (lambda v: v > 0, "> 0"),
     "variance": (lambda v: True, ""),
     "sde": (lambda v: True, ""),
+    "window": (lambda v: v >= 1, ">= 1"),
+    "tolerance": (lambda v: v >= 0, ">= 0"),
 }
 
 

@@ -13,6 +13,29 @@ from difflab.samplers.common import (
 )
 
 
+def ddpm_posterior(
+    x: torch.Tensor, x0_hat: torch.Tensor, v: torch.Tensor | None, sigma: torch.Tensor, sigma_next: torch.Tensor,
+    variance: str | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mean, variance) of the DDPM step sigma -> sigma_next in VE coordinates; variance None on the step to 0.
+
+    v is the learned-variance fraction (or None); variance "beta" picks the upper bound, else beta_tilde.
+    """
+    ratio = (sigma_next / sigma) ** 2
+    # Ho et al. 2020, Eq. 7 in VE coordinates: mu_tilde = x0 + (sigma_s^2 / sigma_t^2) (x_t - x0)
+    mu_tilde = x0_hat + ratio * (x - x0_hat)
+    if sigma_next == 0:
+        return mu_tilde, None
+    # beta_tilde / alpha_bar_s = sigma_s^2 (1 - sigma_s^2 / sigma_t^2)
+    small = sigma_next**2 * (1 - ratio)
+    # beta / alpha_bar_s = (sigma_t^2 - sigma_s^2)(1 + sigma_s^2) / (1 + sigma_t^2)
+    large = (sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2)
+    if v is not None:
+        # Nichol & Dhariwal 2021, Eq. 15 between this step's bounds (their Sec. 4 rule on a respaced grid)
+        return mu_tilde, torch.exp(v * large.log() + (1 - v) * small.log())
+    return mu_tilde, large if variance == "beta" else small
+
+
 @register("ddpm", order=1, stochastic=True, nfe_per_step=1)
 @torch.no_grad()
 def sample_ddpm(
@@ -37,19 +60,8 @@ def sample_ddpm(
         if variance == "learned" and v is None:
             raise DifflabError("--variance learned needs a model trained with learned variance (--loss hybrid or vlb)")
         report(callback, i, sigmas, x, x0_hat)
-        ratio = (sigma_next / sigma) ** 2
-        # Ho et al. 2020, Eq. 7 in VE coordinates: mu_tilde = x0 + (sigma_s^2 / sigma_t^2) (x_t - x0)
-        mu_tilde = x0_hat + ratio * (x - x0_hat)
-        if sigma_next > 0:
-            # beta_tilde / alpha_bar_s = sigma_s^2 (1 - sigma_s^2 / sigma_t^2)
-            small = sigma_next**2 * (1 - ratio)
-            # beta / alpha_bar_s = (sigma_t^2 - sigma_s^2)(1 + sigma_s^2) / (1 + sigma_t^2)
-            large = (sigma**2 - sigma_next**2) * (1 + sigma_next**2) / (1 + sigma**2)
-            if v is not None:
-                # Nichol & Dhariwal 2021, Eq. 15 between this step's bounds (their Sec. 4 rule on a respaced grid)
-                var = torch.exp(v * large.log() + (1 - v) * small.log())
-            else:
-                var = large if variance == "beta" else small
+        mu_tilde, var = ddpm_posterior(x, x0_hat, v, sigma, sigma_next, variance)
+        if var is not None:
             if mean_shift is not None:
                 # Dhariwal & Nichol 2021, Alg. 1: mu + s Sigma grad log p(y | x_t), the gradient taken at x_t
                 mu_tilde = mu_tilde + mean_shift(x, sigma_b, sigma_batch(sigma_next, x), var)

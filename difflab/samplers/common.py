@@ -26,6 +26,7 @@ class StepInfo:
     x: torch.Tensor
     x0_hat: torch.Tensor
     nfe: int | None = None  # network evaluations so far, from samplers whose count is not fixed by the grid
+    rounds: int | None = None  # sequential network calls so far, from parallel samplers (paradigms_*)
 
 
 Callback = Callable[[StepInfo], None] | None
@@ -86,6 +87,7 @@ def churn(
 
 def report(
     callback: Callback, i: int, sigmas: torch.Tensor, x: torch.Tensor, x0_hat: torch.Tensor, nfe: int | None = None,
+    rounds: int | None = None,
 ) -> None:
     if callback is not None:
-        callback(StepInfo(i, float(sigmas[i]), float(sigmas[i + 1]), x, x0_hat, nfe))
+        callback(StepInfo(i, float(sigmas[i]), float(sigmas[i + 1]), x, x0_hat, nfe, rounds))

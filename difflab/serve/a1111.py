@@ -67,12 +67,17 @@ def png_base64(image: np.ndarray, parameters: str | None = None) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def read_png_text(encoded: str) -> tuple[str, dict[str, str]]:
-    """The `parameters` text ("" when absent) and the other text chunks of a base64 image (a data: URI is fine)."""
+def decode_image(encoded: str, field: str) -> Image.Image:
+    """A base64 image (a data:image/ URI is fine), opened but not yet decoded; else a RequestError naming `field`."""
     data = encoded.strip().split(",", 1)[-1] if encoded.strip().startswith("data:image/") else encoded.strip()
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        return Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
     except (binascii.Error, ValueError, UnidentifiedImageError):
-        raise RequestError("image", "image must be a base64-encoded image (PNG, or a data:image/ URI)") from None
+        raise RequestError(field, f"{field} must be a base64-encoded image (PNG, or a data:image/ URI)") from None
+
+
+def read_png_text(encoded: str) -> tuple[str, dict[str, str]]:
+    """The `parameters` text ("" when absent) and the other text chunks of a base64 image (a data: URI is fine)."""
+    image = decode_image(encoded, "image")
     items = {key: value for key, value in image.info.items() if isinstance(key, str) and isinstance(value, str)}
     return items.pop("parameters", ""), items

@@ -4,7 +4,9 @@ page at /, OpenAPI docs at /docs."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,14 +20,18 @@ from difflab.images import to_uint8
 from difflab.pipelines.dialect import RequestError
 from difflab.pipelines.samplers import offered_samplers
 from difflab.serve.a1111 import parse_infotext, png_base64, read_png_text
+from difflab.serve.adapters import Adapters, adapter_routes
 from difflab.serve.catalog import Catalog
+from difflab.serve.controlnet import ControlNetCatalog, controlnet_routes
 from difflab.serve.generation import MODEL_SETTING, default_cfg_scale, plan_txt2img, run_plan
+from difflab.serve.img2img import plan_img2img, run_img2img
 from difflab.serve.listings import listings
 from difflab.serve.middleware import BasicAuth, BodyLimit
 from difflab.serve.model import ServedModel
 from difflab.serve.schemas import (MAX_BODY_BYTES, GenerationResponse, Img2ImgRequest, ModelInfo, ModelItem,
                                    PngInfoRequest, PngInfoResponse, ProgressResponse, ProgressState, SamplerItem,
                                    TaskProgressRequest, TaskProgressResponse, Txt2ImgRequest, describe_error)
+from difflab.serve.stages import with_stages
 from difflab.serve.worker import Job, QueueFull, Worker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -48,7 +54,11 @@ USAGE = """\
   request's `override_settings`, switches between requests, never during one.
 - **Refused with 422**, naming the field: `cfg_scale` below 1 on a conditional model (an unconditional model ignores
   it, with a warning), a `negative_prompt` that is not a class of a class-only model, sampler options out of range
-  (`eta`, `s_churn`, ...), an unknown checkpoint, and img2img / inpainting (no such pipeline yet).
+  (`eta`, `s_churn`, ...), an unknown checkpoint, and an init image or mask that is not a base64 image.
+- **img2img and inpainting.** POST /sdapi/v1/img2img takes the web UI's `init_images`, `denoising_strength`,
+  `resize_mode`, `mask`, `mask_blur` (or `mask_blur_x`/`_y`), `inpainting_fill`, `inpainting_mask_invert` and
+  `include_init_images`; `override_settings.img2img_fix_steps` runs exactly `steps` steps. The unmasked region
+  comes back pixel for pixel; difflab's `difflab_inpaint_method` "repaint" resamples (RePaint).
 - Other fields of that API are accepted; any that asks for something is listed in `info.warnings` as ignored.
 - **Seeds.** Image i of a request uses `seed + i`, so a seed and the same settings give byte-identical PNGs.
 - **Load.** One generation runs at a time; a few more wait; beyond that the answer is 503 with Retry-After.
@@ -63,8 +73,8 @@ ERRORS = {422: {"description": "a field out of range, or something the model can
 
 
 def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue_size: int = 4,
-               catalog: Catalog | None = None, strict_names: bool = False, flags: dict[str, Any] | None = None
-               ) -> FastAPI:
+               catalog: Catalog | None = None, strict_names: bool = False, flags: dict[str, Any] | None = None,
+               adapters: Adapters | None = None, controlnets: ControlNetCatalog | None = None) -> FastAPI:
     """An app serving `model` (current among those of `catalog`): one generation at a time, `queue_size` more may wait,
     the rest get 503. `strict_names` refuses unknown sampler, scheduler and upscaler names instead of falling back."""
     worker = Worker(queue_size)
@@ -83,6 +93,10 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if auth is not None:
         app.add_middleware(BasicAuth, user=auth[0], password=auth[1])  # outermost: checked before the body is read
+    adapters = adapters or Adapters()
+    app.include_router(adapter_routes(adapters, lambda: catalog.current))
+    controlnets = controlnets or ControlNetCatalog()
+    app.include_router(controlnet_routes(controlnets, lambda: catalog.current))  # sd-webui-controlnet's routes
     app.include_router(listings(flags or {}))
 
     @app.exception_handler(RequestValidationError)
@@ -107,27 +121,44 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
             raise HTTPException(503, str(full), headers={"Retry-After": str(full.retry_after)}) from None
         return await asyncio.wrap_future(future)
 
-    @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse, responses=ERRORS)
-    async def txt2img(body: Txt2ImgRequest) -> dict:
-        """Generate batch_size * n_iter images; image i uses seed + i, so a seed reproduces its image exactly."""
+    async def served_by(body: Txt2ImgRequest) -> ServedModel:
+        """The model a request's override_settings names, else the current one."""
         checkpoint = (body.override_settings or {}).get(MODEL_SETTING)
         field = f"override_settings.{MODEL_SETTING}"
-        served = catalog.current if checkpoint is None else await load(str(checkpoint), field)
-        plan = plan_txt2img(body, served, strict_names)
+        return catalog.current if checkpoint is None else await load(str(checkpoint), field)
+
+    async def generated(body: Txt2ImgRequest, served: ServedModel, plan: Any, loras: Any, lora_warnings: list[str],
+                        answer: Callable[[Any, Job], dict]) -> dict:
+        """Queue answer(plan, job) for a checked plan (txt2img's or img2img's) with the request's LoRAs (`loras`, from
+        adapters.take) applied; an overriding model stays loaded if the body asks."""
 
         def run(job: Job) -> dict:
-            answer = run_plan(plan, job)
+            with adapters.applied(served, loras) as skipped:
+                result = answer(replace(plan, warnings=(*plan.warnings, *lora_warnings, *skipped)), job)
             if not body.override_settings_restore_afterwards:
                 catalog.current = served
-            return answer
+            return result
 
         return await queued(plan.job(), run)
 
+    @app.post("/sdapi/v1/txt2img", response_model=GenerationResponse, responses=ERRORS)
+    async def txt2img(body: Txt2ImgRequest) -> dict:
+        """Generate batch_size * n_iter images; image i uses seed + i, so a seed reproduces its image exactly."""
+        served = await served_by(body)
+        prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
+        plan = plan_txt2img(body.model_copy(update={"prompt": prompt}), served, strict_names, controlnets)
+        refiner = None if body.refiner_checkpoint is None else await load(body.refiner_checkpoint, "refiner_checkpoint")
+        plan = with_stages(plan, refiner)  # enable_hr, refiner_checkpoint (difflab.serve.stages)
+        return await generated(body, served, plan, loras, lora_warnings, run_plan)
+
     @app.post("/sdapi/v1/img2img", response_model=GenerationResponse, responses=ERRORS)
     async def img2img(body: Img2ImgRequest) -> dict:
-        """Not available yet: difflab has no image-to-image or inpainting pipeline; answers 422 after validation."""
-        raise RequestError("init_images", "img2img and inpainting need an image-to-image pipeline, which difflab "
-                                          "does not have yet; use /sdapi/v1/txt2img")
+        """Edit init_images (img2img), or only inside `mask` (inpainting); image i uses seed + i, as txt2img."""
+        served = await served_by(body)
+        prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
+        edit = await asyncio.to_thread(plan_img2img, body.model_copy(update={"prompt": prompt}), served, strict_names,
+                                       controlnets=controlnets)
+        return await generated(body, served, edit, loras, lora_warnings, run_img2img)
 
     @app.get("/sdapi/v1/samplers", response_model=list[SamplerItem])
     async def samplers() -> list[dict]:

@@ -18,10 +18,12 @@ from difflab.pipelines.request import Plan, Request, plan_request
 from difflab.pipelines.samplers import SamplerName, check_option, sampler_options
 from difflab.samplers.common import Interrupted
 from difflab.serve.a1111 import infotext, png_base64
+from difflab.serve.controlnet import ControlNetCatalog, controls_of, other_scripts
 from difflab.serve.model import ServedModel
 from difflab.serve.names import resolve_names, schedule_type
 from difflab.serve.resize import model_shape_at, resize
 from difflab.serve.schemas import IGNORED_FIELDS, MAX_SEED, Txt2ImgRequest
+from difflab.serve.stages import Stages
 from difflab.serve.worker import Job
 
 # the web UI's names of the Request fields whose names differ (a class-only model's class is its prompt)
@@ -53,6 +55,7 @@ class Txt2Img:
     upscaler: str | None
     size_by: str | None  # how another size than the model's was made: "upscaler", "model", or None (the model's)
     warnings: tuple[str, ...]
+    stages: Stages | None = None  # the hires fix and a refiner (difflab.serve.stages)
 
     @property
     def prompt(self) -> str:
@@ -64,6 +67,12 @@ class Txt2Img:
         guidance = self.plan.request.guidance
         return shown(guidance.negative_label, guidance.negative_prompt, self.plan.class_names)
 
+    @property
+    def edit_fields(self) -> dict[str, Any]:
+        """The infotext fields an edit adds after the model's (img2img's denoising strength, mask blur); txt2img's
+        stages' (hires fix, refiner)."""
+        return {} if self.stages is None else self.stages.infotext()
+
     def job(self) -> Job:
         return Job(self.body.n_iter, self.body.steps, self.body.batch_size, self.body.force_task_id)
 
@@ -71,7 +80,7 @@ class Txt2Img:
         """The plan of batch `index` alone (its images keep their seeds), so a skipped batch leaves the rest."""
         request, size = self.plan.request, self.body.batch_size
         part = plan_request(replace(request, n=size, seed=request.seed + index * size), self.model.denoiser,
-                            self.model.config, self.dialect)
+                            self.model.config, self.dialect, decode=self.model.decode)
         return replace(part, shape=self.plan.shape)
 
 
@@ -87,12 +96,16 @@ def default_cfg_scale(model: ServedModel) -> float:
     return WEB_UI_NEUTRAL_CFG + (DEFAULT_GUIDANCE_WEIGHT if model.conditioning != "none" else 0.0)
 
 
-def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = False) -> Txt2Img:
+def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = False,
+                 controlnets: ControlNetCatalog | None = None) -> Txt2Img:
     """Everything the model cannot honour is a RequestError naming the field; what it ignores becomes a warning."""
     dialect = web_ui_dialect(model)
     width, height = body.width or model.width, body.height or model.height
     other_size = (width, height) != (model.width, model.height)
     by_model = other_size and body.difflab_size_by == "model"
+    if by_model and model.decode is not None:
+        raise RequestError("difflab_size_by", f"difflab_size_by model runs a pixel U-Net at another size; model "
+                                              f"{model.name} samples latents, so another size is made by hr_upscaler")
     shape = model_shape_at(model.config, width, height, model.name) if by_model else tuple(model.config.data_shape)
     names = resolve_names(body.sampler_name or body.sampler_index, body.scheduler, body.hr_upscaler,
                           other_size and not by_model, dialect, strict_names)
@@ -113,10 +126,12 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
     request = Request(label=label, prompt=prompt, guidance=guidance, sampler=names.sampler.name, grid=names.grid,
                       options=options, steps=body.steps, n=body.batch_size * body.n_iter,
                       seed=body.seed if body.seed != -1 else secrets.randbelow(MAX_SEED + 1), batch=body.batch_size)
-    plan = replace(plan_request(request, model.denoiser, model.config, dialect), shape=shape)
+    controls, control_warnings = controls_of(body, shape, model, controlnets)  # alwayson_scripts.controlnet
+    request = replace(request, controls=controls)
+    plan = replace(plan_request(request, model.denoiser, model.config, dialect, decode=model.decode), shape=shape)
     size_by = "model" if by_model else "upscaler" if other_size else None
     return Txt2Img(body, model, plan, dialect, cfg_scale, width, height, names.upscaler, size_by,
-                   (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings))
+                   (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings, *control_warnings))
 
 
 def options_of(body: Txt2ImgRequest, sampler: SamplerName, dialect: Dialect) -> tuple[dict[str, float], list[str]]:
@@ -135,7 +150,8 @@ def options_of(body: Txt2ImgRequest, sampler: SamplerName, dialect: Dialect) -> 
 
 def ignored_fields(body: Txt2ImgRequest) -> list[str]:
     """A warning for each field (and override setting) that asks for something difflab does not do."""
-    asked = {**(body.model_extra or {}),
+    extra = body.model_extra or {}
+    asked = {**extra, "alwayson_scripts": other_scripts(extra.get("alwayson_scripts")),  # a ControlNet is used
              **{f"override_settings.{key}": value for key, value in (body.override_settings or {}).items()
                 if key != MODEL_SETTING}}
     return [f"{field} ignored: {value!r} asks for something difflab does not do" for field, value in asked.items()
@@ -176,7 +192,9 @@ def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:
     for index in range(body.n_iter):
         job.skipped = False  # a skip asked for between batches is dropped, as in the UI
         try:
-            batches.extend(txt2img.part(index).batches(callback=lambda _, step, index=index: job.report(index, step)))
+            part, report = txt2img.part(index), lambda _, step, index=index: job.report(index, step)
+            batches.extend(part.batches(callback=report) if txt2img.stages is None
+                           else txt2img.stages.batches(part, model.config, report))
             seeds.extend(range(plan.request.seed + index * body.batch_size,
                                plan.request.seed + (index + 1) * body.batch_size))
         except Interrupted:
@@ -194,7 +212,7 @@ def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:
         "CFG scale": f"{txt2img.cfg_scale:g}", **{SAMPLER_OPTION_FIELDS[name]: value for name, value
                                                   in plan.options.items() if value != NO_OP_OPTIONS.get(name)},
         "Seed": seed, "Size": f"{txt2img.width}x{txt2img.height}", **resized, "Model hash": model.short_hash,
-        "Model": model.name}) for seed in seeds]
+        "Model": model.name, **txt2img.edit_fields}) for seed in seeds]
     info = {
         "prompt": prompt, "all_prompts": [prompt] * len(seeds), "negative_prompt": negative_prompt,
         "seed": plan.request.seed, "all_seeds": seeds, "width": txt2img.width, "height": txt2img.height,

@@ -1,6 +1,6 @@
 """The web UI's read-only listing routes, answered in its response shapes from what difflab has: schedulers and
-upscalers (resize methods), memory, the server's flags, and empty lists where difflab has no such thing (embeddings,
-LoRAs, VAEs, scripts, extensions, ...)."""
+upscalers (resize methods), memory, the server's flags, and empty lists where difflab has no such thing (VAEs,
+scripts, extensions, ...); LoRAs and embeddings are difflab.serve.adapters'."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from difflab.pipelines.samplers import offered_schedulers
 from difflab.serve.resize import UPSCALERS
 
 UPSCALER_SCALE = 4  # the scale the UI lists for its Lanczos and Nearest upscalers
-EMPTY_LISTS = ("loras", "sd-vae", "extensions", "script-info", "hypernetworks", "face-restorers", "realesrgan-models",
+EMPTY_LISTS = ("sd-vae", "extensions", "script-info", "hypernetworks", "face-restorers", "realesrgan-models",
                "prompt-styles", "latent-upscale-modes")
 
 
@@ -61,10 +61,6 @@ def listings(flags: dict[str, Any]) -> APIRouter:
         """The resize methods a request's hr_upscaler names (images are resized with Pillow)."""
         return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": UPSCALER_SCALE}
                 for name in UPSCALERS]
-
-    @router.get("/embeddings")
-    async def embeddings() -> dict:
-        return {"loaded": {}, "skipped": {}}
 
     @router.get("/scripts")
     async def scripts() -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
 from difflab.pipelines.conditions import accepted
+from difflab.pipelines.generate import Decode
 from difflab.text.encoder import text_encoder
 from difflab.model import load_model
 from difflab.train.config import ExperimentConfig
@@ -44,10 +45,17 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class ServedModel(Checkpoint):
-    """A loaded checkpoint: its denoiser and config."""
+    """A loaded checkpoint: its denoiser and config (and a latent model's decoder and image shape)."""
 
     denoiser: Denoiser
     config: ExperimentConfig
+    decode: Decode | None = None  # difflab.model.Model.decoder: None for a pixel model
+    encode: Decode | None = None  # images -> latents, difflab.model.Model.encode: None for a pixel model
+    image_shape: tuple[int, ...] | None = None  # the images made; None: config.data_shape (a pixel model)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.image_shape or tuple(self.config.data_shape)
 
     @property
     def class_names(self) -> tuple[str, ...] | None:
@@ -61,15 +69,15 @@ class ServedModel(Checkpoint):
 
     @property
     def channels(self) -> int:
-        return self.config.data_shape[0]
+        return self.shape[0]
 
     @property
     def height(self) -> int:
-        return self.config.data_shape[1]
+        return self.shape[1]
 
     @property
     def width(self) -> int:
-        return self.config.data_shape[2]
+        return self.shape[2]
 
 
 def checkpoint_name(path: Path, root: Path | None = None) -> str:
@@ -90,11 +98,12 @@ def load_served_model(path: str | Path, name: str | None = None) -> ServedModel:
     path = Path(path)
     model = load_model(path)
     denoiser, checkpoint = model.denoiser, model.checkpoint
-    shape = checkpoint.config.data_shape
+    shape = model.image_shape
     if len(shape) != 3 or shape[0] not in (1, 3):
         raise DifflabError(f"checkpoint {path} makes samples of shape {list(shape)}; serve needs images "
                            f"[channels 1 or 3, height, width]")
     if "text" in accepted(checkpoint.config):
         text_encoder()  # load the prompt encoder now rather than in the first request
     return ServedModel(path=path.resolve(), name=name or checkpoint_name(path), sha256=file_sha256(path),
-                       denoiser=denoiser, config=checkpoint.config)
+                       denoiser=denoiser, config=checkpoint.config, decode=model.decoder, image_shape=shape,
+                       encode=None if model.decoder is None else model.encode)

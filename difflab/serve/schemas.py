@@ -8,12 +8,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from difflab.serve.resize import MAX_PIXELS, MAX_SIDE
+from difflab.serve.stage_schemas import StageFields
 
 MAX_STEPS = 1000
 MAX_IMAGES = 64  # batch_size * n_iter
 MAX_SEED = 2**32 - 1
 MAX_PROMPT = 2000  # characters
-MAX_BODY_BYTES = 1 << 20  # request bodies larger than this are refused with 413
+MAX_BODY_BYTES = 16 << 20  # request bodies larger than this are refused with 413 (img2img: a few base64 images)
 
 
 # The web UI's txt2img fields that difflab does not use, with their defaults there (modules/processing.py
@@ -22,16 +23,14 @@ MAX_BODY_BYTES = 1 << 20  # request bodies larger than this are refused with 413
 IGNORED_FIELDS: dict[str, Any] = {
     "styles": None, "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1,
     "restore_faces": None, "tiling": None, "do_not_save_samples": False, "do_not_save_grid": False,
-    "denoising_strength": 0.75, "s_min_uncond": None, "refiner_checkpoint": None, "refiner_switch_at": None,
-    "disable_extra_networks": False, "firstpass_image": None, "comments": None, "enable_hr": False,
-    "firstphase_width": 0, "firstphase_height": 0, "hr_scale": 2.0, "hr_second_pass_steps": 0, "hr_resize_x": 0,
-    "hr_resize_y": 0, "hr_checkpoint_name": None, "hr_sampler_name": None, "hr_scheduler": None, "hr_prompt": "",
-    "hr_negative_prompt": "", "script_name": None, "script_args": [], "save_images": False, "alwayson_scripts": {},
-    "infotext": None,
+    "s_min_uncond": None, "disable_extra_networks": False, "firstpass_image": None, "comments": None,
+    "firstphase_width": 0, "firstphase_height": 0, "hr_checkpoint_name": None, "hr_sampler_name": None,
+    "hr_scheduler": None, "hr_prompt": "", "hr_negative_prompt": "", "script_name": None, "script_args": [],
+    "save_images": False, "alwayson_scripts": {}, "infotext": None,
 }
 
 
-class Txt2ImgRequest(BaseModel):
+class Txt2ImgRequest(StageFields):
     """POST /sdapi/v1/txt2img. Every field may be null, meaning its default, as in the web UI's API. Its fields that
     difflab does not use (IGNORED_FIELDS) are accepted and listed in `info.warnings` when they ask for something."""
 
@@ -96,11 +95,33 @@ class Txt2ImgRequest(BaseModel):
 
 
 class Img2ImgRequest(Txt2ImgRequest):
-    """POST /sdapi/v1/img2img: validated, then refused until difflab has an image-to-image pipeline."""
+    """POST /sdapi/v1/img2img: img2img and inpainting (difflab.serve.img2img). Fields and defaults as the web UI's
+    (modules/processing.py StableDiffusionProcessingImg2Img, modules/api/models.py)."""
 
-    init_images: list[str] = Field(default_factory=list, max_length=MAX_IMAGES, description="base64 PNG images")
-    denoising_strength: float = Field(0.75, ge=0, le=1, description="how far to noise the init images")
-    mask: str | None = Field(None, description="base64 PNG; white is repainted")
+    init_images: list[str] = Field(default_factory=list, max_length=MAX_IMAGES, description="base64 images (PNG, "
+                                   "or data:image/ URIs): one for every image, or one per image of a batch")
+    denoising_strength: float = Field(0.75, ge=0, le=1, description="how far to noise the init images: 0 returns "
+                                      "them, 1 starts from pure noise")
+    mask: str | None = Field(None, description="base64 image; white is repainted, black kept")
+    resize_mode: int = Field(0, ge=0, le=3, description="how an init image of another size is brought to the "
+                             "model's: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize (latent "
+                             "upscale: bilinear)")
+    mask_blur: int | None = Field(None, ge=0, le=64, description="Gaussian blur std of the mask in pixels; sets "
+                                  "mask_blur_x and mask_blur_y")
+    mask_blur_x: int = Field(4, ge=0, le=64, description="horizontal mask blur std in pixels")
+    mask_blur_y: int = Field(4, ge=0, le=64, description="vertical mask blur std in pixels")
+    inpainting_fill: int = Field(0, ge=0, le=3, description="what the masked region starts from below strength 1: "
+                                 "0 fill (surrounding colours), 1 original, 2 latent noise, 3 latent nothing")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1 repaints the black region instead")
+    inpaint_full_res: bool = Field(True, description="the web UI's \"only masked\" area; difflab always inpaints "
+                                   "the whole image (a warning says so when a mask is given)")
+    inpaint_full_res_padding: int = Field(0, ge=0, description="ignored, as inpaint_full_res")
+    include_init_images: bool = Field(False, description="echo init_images and mask in the answer's parameters")
+    difflab_inpaint_method: Literal["replace", "repaint"] = Field(
+        "replace", description="difflab's own field: replace sets the known region to the noised original at every "
+        "step; repaint also resamples (Lugmayr et al. 2022)")
+    difflab_jump_length: int = Field(10, ge=1, le=MAX_STEPS, description="RePaint: levels per jump")
+    difflab_jump_n: int = Field(10, ge=1, le=100, description="RePaint: resamplings per jump point")
 
 
 class PngInfoRequest(BaseModel):

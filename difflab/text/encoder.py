@@ -48,35 +48,53 @@ class TextEncoder:
         # prompt -> (tokens [L, D] without padding, pooled [D]); bounded, so a server's memory is too
         self.cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.lock = threading.Lock()
+        # textual-inversion tokens -> (vectors [k, D], their digest), set by difflab.adapters.embedding.use_embedding
+        self.embeddings: dict[str, tuple[torch.Tensor, str]] = {}
+
+    def cache_key(self, prompt: str) -> str:
+        """The prompt, and the digests of the loaded embeddings it uses: new vectors for a token are a new entry."""
+        used = sorted(t for t in self.embeddings if t in prompt)
+        return "\0".join([prompt, *(f"{t}={self.embeddings[t][1]}" for t in used)])
 
     @torch.no_grad()
     def _encode_new(self, prompts: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        embedded = [p for p in prompts if self.cache_key(p) != p]
+        if embedded:
+            from difflab.adapters.embedding import embedded_features
+
+            prompts = [p for p in prompts if p not in embedded]
+            return {**embedded_features(self, embedded), **(self._encode_new(prompts) if prompts else {})}
         batch = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt")
         tokens = self.model(**batch).last_hidden_state.float()
         mask = batch["attention_mask"].bool()
-        # sentence embedding as the encoder was trained for it: masked mean of the tokens, unit L2 norm
-        pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        pooled = torch.nn.functional.normalize(pooled, dim=1)
+        pooled = sentence_embedding(tokens, mask)
         return {prompt: (t[m].clone(), p.clone()) for prompt, t, m, p in zip(prompts, tokens, mask, pooled)}
 
     def encode(self, prompts: list[str], batch: int = 256) -> TextEmbedding:
         """Token features [N, L, 384] (padded, with mask) and pooled sentence embeddings [N, 384]."""
         prompts = [p.strip() for p in prompts]
         with self.lock:
-            found = {p: self.cache[p] for p in set(prompts) if p in self.cache}
-            new = sorted({p for p in prompts if p and p not in found})
+            keys = {p: self.cache_key(p) for p in set(prompts) if p}
+            found = {p: self.cache[k] for p, k in keys.items() if k in self.cache}
+            new = sorted(p for p in keys if p not in found)
             for start in range(0, len(new), batch):
                 found.update(self._encode_new(new[start: start + batch]))
             for p in dict.fromkeys(q for q in prompts if q):  # used in the order given; most recent last
-                self.cache[p] = found[p]
-                self.cache.move_to_end(p)
+                self.cache[keys[p]] = found[p]
+                self.cache.move_to_end(keys[p])
             while len(self.cache) > self.cache_size:
                 self.cache.popitem(last=False)
         parts = [TextEmbedding.null(1, TEXT_DIM) if not p else
                  TextEmbedding(found[p][0][None], torch.ones(1, len(found[p][0]), dtype=torch.bool), found[p][1][None])
                  for p in prompts]
         return TextEmbedding.cat(parts)
+
+
+def sentence_embedding(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[N, D]: the sentence embedding the encoder was trained for: masked mean of the tokens, unit L2 norm."""
+    pooled = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return torch.nn.functional.normalize(pooled, dim=1)
 
 
 _ENCODER: TextEncoder | None = None

@@ -1,6 +1,6 @@
 """Components: one self-describing safetensors file per trained part, written atomically.
 
-A file holds one component: its kind ("denoiser", "classifier"), its config (in the metadata, and in a
+A file holds one component: its kind ("denoiser", "classifier", "autoencoder"), its config (in the metadata, and in a
 config.json beside it), its weights (`model.*`, and `ema.*`) and, while it trains, the optimizer, RNG and
 objective state that --resume continues from. Components it uses but does not train (frozen) are referred to by
 path and sha256 in the metadata ("refs"), never copied.
@@ -46,9 +46,9 @@ class ComponentRef:
     def to(cls, kind: str, path: str | Path) -> ComponentRef:
         return cls(kind, str(Path(path).resolve()), sha256_file(path))
 
-    def check(self, name: str) -> Path:
-        """The referred file, after checking it is still the one trained against."""
-        path = Path(self.path)
+    def check(self, name: str, path: str | Path | None = None) -> Path:
+        """The referred file (or `path`, where it was moved to), after checking it is still the one trained against."""
+        path = Path(self.path if path is None else path)
         if not path.is_file():
             raise DifflabError(f"frozen component {name!r} ({self.kind}) not found at {path}")
         if sha256_file(path) != self.sha256:
@@ -65,6 +65,18 @@ def config_from_dict(kind: str, spec: dict):
         from difflab.train.classifier_config import ClassifierSpec
 
         return ClassifierSpec.from_dict(spec)
+    if kind == "autoencoder":
+        from difflab.train.autoencoder_config import AutoencoderSpec
+
+        return AutoencoderSpec.from_dict(spec)
+    if kind in ("lora", "embedding"):
+        from difflab.adapters import ADAPTER_CONFIGS
+
+        return ADAPTER_CONFIGS[kind].from_dict(spec)
+    if kind == "controlnet":
+        from difflab.train.controlnet import ControlNetSpec
+
+        return ControlNetSpec.from_dict(spec)
     raise DifflabError(f"unknown component kind {kind!r}")
 
 
@@ -163,7 +175,7 @@ def load_checkpoint(path: str | Path, kind: str | None = "denoiser") -> Checkpoi
 def export_weights(src: str | Path, dst: str | Path, use_ema: bool = True) -> None:
     """Write an inference-only copy of a checkpoint: one set of weights (EMA by default) and the config."""
     denoiser, checkpoint = load_denoiser(src, prefer_ema=use_ema)
-    save_checkpoint(dst, checkpoint.config, checkpoint.step, model=denoiser.net)
+    save_checkpoint(dst, checkpoint.config, checkpoint.step, model=denoiser.net, refs=checkpoint.refs)
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
@@ -233,3 +245,13 @@ def build_denoiser(net: nn.Module, config: ExperimentConfig) -> Denoiser:
     """The experiment's network inside its preconditioning (VP over its schedule, or EDM)."""
     precond = build_precond(config.precond, DiscreteSchedule(config.schedule), config.prediction)
     return Denoiser(net, precond)
+
+
+def unfinished_run(path: Path, kind: str) -> Checkpoint:
+    """The interrupted `difflab train-<kind>` run saved at path, for --resume."""
+    if not path.is_file():
+        raise DifflabError(f"--resume: no {kind} checkpoint at {path}")
+    checkpoint = load_checkpoint(path, kind=kind)
+    if checkpoint.optimizer_groups is None:
+        raise DifflabError(f"--resume: {path} holds a finished {kind} (step {checkpoint.step}); nothing to resume")
+    return checkpoint

@@ -22,7 +22,7 @@ from difflab.guidance import NoisyClassifier
 from difflab.nets.classifier import ClassifierConfig, NoiseAwareClassifier
 from difflab.objectives import draw_noise
 from difflab.schedules import DiscreteSchedule, ScheduleConfig
-from difflab.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from difflab.train.checkpoint import load_checkpoint, save_checkpoint, unfinished_run
 from difflab.train.classifier_config import ClassifierSpec, ClassifierTrainConfig
 from difflab.train.loop import TrainingLoop
 from difflab.train.objective import Objective
@@ -86,16 +86,6 @@ class ClassifierResult:
     accuracy: dict[int, float]  # test accuracy by timestep
 
 
-def unfinished_run(path: Path) -> Checkpoint:
-    """The interrupted `difflab train-classifier` run saved at path, for --resume."""
-    if not path.is_file():
-        raise DifflabError(f"--resume: no classifier checkpoint at {path}")
-    checkpoint = load_checkpoint(path, kind="classifier")
-    if checkpoint.optimizer_groups is None:
-        raise DifflabError(f"--resume: {path} holds a finished classifier (step {checkpoint.step}); nothing to resume")
-    return checkpoint
-
-
 def train_classifier(cfg: ClassifierTrainConfig, schedule_config: ScheduleConfig, out: str | Path, *,
                      network: ClassifierConfig = ClassifierConfig(), progress: bool = True,
                      resume: bool = False) -> ClassifierResult:
@@ -103,7 +93,7 @@ def train_classifier(cfg: ClassifierTrainConfig, schedule_config: ScheduleConfig
     `schedule_config`; writes OUT/classifier.safetensors. Every cfg.checkpoint_every steps, and on an interrupt, the
     file also holds the optimizer and noise stream, and `resume` continues from it exactly, with its own config."""
     path = Path(out) / CHECKPOINT
-    saved = unfinished_run(path) if resume else None
+    saved = unfinished_run(path, "classifier") if resume else None
     if saved is not None:
         cfg, schedule_config, network = saved.config.train, saved.config.schedule, saved.config.network
     data = load_dataset(cfg.data, "train", cfg.data_root, seed=cfg.seed)

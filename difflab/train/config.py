@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from difflab.distill.student import StudentGrid
 from difflab.denoiser import EDMConfig, PrecondConfig, VPConfig, precond_config
 from difflab.errors import DifflabError
 from difflab.nets import network_config, network_spec
@@ -32,6 +33,10 @@ class TrainConfig(LoopConfig):
     sample_steps: int = 50
     loss: LossKind = "simple"  # simple: L_simple; hybrid: + vlb_weight L_vlb; vlb: L_vlb, t importance-sampled; edm
     vlb_weight: float = 0.001  # lambda of L_hybrid (Nichol & Dhariwal 2021, Sec. 3.1)
+    resolution: int | None = None  # train on the images average-pooled to resolution x resolution (a cascade's base)
+    low_res: int | None = None  # super-resolution: condition on the image average-pooled to low_res x low_res
+    low_res_augmentation: float = 0.0  # its noise-augmentation level s ~ U[0, this] (Ho et al. 2021); 0: none
+    autoencoder: str | None = None  # latent diffusion: train on the latents of this frozen autoencoder component
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +55,14 @@ class TrainConfig(LoopConfig):
             raise DifflabError(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not self.vlb_weight > 0:
             raise DifflabError(f"vlb_weight must be > 0, got {self.vlb_weight}")
+        for name in ("resolution", "low_res"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise DifflabError(f"train.{name} must be >= 1 pixels, got {getattr(self, name)}")
+        if self.autoencoder is not None and (self.resolution is not None or self.low_res is not None):
+            raise DifflabError("--autoencoder (latent diffusion) does not combine with train.resolution or train.low_res")
+        if not self.low_res_augmentation >= 0 or (self.low_res_augmentation and self.low_res is None):
+            raise DifflabError(f"train.low_res_augmentation must be >= 0 and goes with train.low_res, got "
+                               f"{self.low_res_augmentation}")
 
 
 @dataclass(frozen=True)
@@ -61,10 +74,11 @@ class ExperimentConfig:
     precond: PrecondConfig = field(default_factory=VPConfig)  # vp: `schedule` and `prediction`; edm: its own
     data_shape: tuple[int, ...] = (1, 28, 28)  # one example, filled in from the data set
     class_names: tuple[str, ...] | None = None
+    student_grid: StudentGrid | None = None  # a progressive-distillation student: the grid it is valid for
 
     def __post_init__(self) -> None:
         learned = self.network.learned_variance
-        edm = isinstance(self.precond, EDMConfig)
+        edm = isinstance(getattr(self.precond, "inner", self.precond), EDMConfig)  # a consistency model's inner
         if edm != (self.train.loss == "edm"):
             raise DifflabError("train.loss 'edm' goes with precond.kind 'edm', and losses simple, hybrid and vlb with "
                                f"precond.kind 'vp'; got loss {self.train.loss!r} with {self.precond.kind!r}")
@@ -86,6 +100,7 @@ class ExperimentConfig:
             "train": asdict(self.train),
             "data_shape": list(self.data_shape),
             "class_names": None if self.class_names is None else list(self.class_names),
+            **({} if self.student_grid is None else {"student_grid": asdict(self.student_grid)}),
         }
 
     @classmethod
@@ -101,6 +116,7 @@ class ExperimentConfig:
             train=_typed(TrainConfig, spec.get("train", {}), "train"),
             data_shape=tuple(spec.get("data_shape", (1, 28, 28))),
             class_names=None if spec.get("class_names") is None else tuple(spec["class_names"]),
+            student_grid=None if spec.get("student_grid") is None else StudentGrid(**spec["student_grid"]),
         )
 
 

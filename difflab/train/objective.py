@@ -23,6 +23,7 @@ from difflab.objectives import Decoder, LossKind, draw_edm_noise, draw_noise, tr
 from difflab.train.checkpoint import ComponentRef
 from difflab.train.conditions import TrainingConditions
 from difflab.train.importance import LossHistorySampler
+from difflab.train.low_res import LowResConditions
 from difflab.train.optim import param_groups
 
 Draw = dict[str, "torch.Tensor | Condition | None"]
@@ -63,8 +64,8 @@ class DiffusionObjective(Objective):
 
     def __init__(self, denoiser: Denoiser, kind: LossKind, conditions: TrainingConditions, *,
                  label_lr_scale: float = 1.0, min_snr_gamma: float | None = None, vlb_weight: float = 0.001,
-                 decoder: Decoder = "discretized"):
-        self.denoiser, self.kind, self.conditions = denoiser, kind, conditions
+                 decoder: Decoder = "discretized", low_res: LowResConditions | None = None):
+        self.denoiser, self.kind, self.conditions, self.low_res = denoiser, kind, conditions, low_res
         self.module, self.precond = denoiser.net, denoiser.precond
         self.label_lr_scale, self.min_snr_gamma, self.vlb_weight, self.decoder = (label_lr_scale, min_snr_gamma,
                                                                                   vlb_weight, decoder)
@@ -76,6 +77,8 @@ class DiffusionObjective(Objective):
     def draw(self, index: torch.Tensor, x0: torch.Tensor, labels: torch.Tensor | None,
              generator: torch.Generator) -> Draw:
         cond = self.conditions(index, labels, generator)
+        if self.low_res is not None:  # super-resolution: the (augmented) low-resolution image, drawn after the rest
+            cond = self.low_res(x0, cond, generator)
         if self.kind == "edm":
             level, eps = draw_edm_noise(self.precond.config, tuple(x0.shape), generator, dtype=x0.dtype)
         else:

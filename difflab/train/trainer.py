@@ -11,14 +11,17 @@ import torch
 from difflab.data import Dataset, load_dataset
 from difflab.errors import DifflabError
 from difflab.images import save_samples
+from difflab.latent import training_latents
 from difflab.nets import build_network
 from difflab.nets.mlp import MLPConfig
+from difflab.nets.unet import UNetConfig
 from difflab.pipelines.generate import generate
 from difflab.text.encoder import TEXT_DIM
 from difflab.train.checkpoint import build_denoiser, init_weights, load_checkpoint
 from difflab.train.conditions import TrainingConditions
 from difflab.train.config import ExperimentConfig
 from difflab.train.loop import TrainingLoop
+from difflab.train.low_res import LowResConditions, downsampled
 from difflab.train.objective import DiffusionObjective
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -55,6 +58,10 @@ def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
         if isinstance(network, MLPConfig):
             raise DifflabError(f"--cond {cond} needs a unet or dit network (cross-attention), not an mlp")
         network = replace(network, text_dim=TEXT_DIM)
+    if config.train.low_res is not None:
+        if not isinstance(network, UNetConfig):
+            raise DifflabError("train.low_res (super-resolution) needs a unet network, which concatenates the image")
+        network = replace(network, concat_conditions={"low_res": data.shape[0]}, noise_level_embedding=True)
     return replace(config, network=network, data_shape=data.shape, class_names=class_names)
 
 
@@ -74,6 +81,12 @@ class Trainer:
                        "compile": config.train.compile}
             config = replace(checkpoint.config, train=replace(checkpoint.config.train, **per_run))
         self.data = load_dataset(config.train.data, "train", config.train.data_root, seed=config.train.seed)
+        if config.train.resolution is not None:
+            self.data = downsampled(self.data, config.train.resolution)
+        self.pixels, self.latent, latent_ref = self.data, None, None  # latent diffusion: the images, and their latents
+        if config.train.autoencoder is not None:
+            self.data, self.latent, latent_ref = training_latents(
+                config.train.autoencoder, self.pixels, None if checkpoint is None else checkpoint.refs["autoencoder"])
         self.config = config if checkpoint else prepare_config(config, self.data)
         cfg = self.config.train
         torch.manual_seed(cfg.seed)
@@ -83,9 +96,12 @@ class Trainer:
             net = net.to(memory_format=torch.channels_last)  # about 10% faster convolutions on CPU
         self.denoiser = build_denoiser(net, self.config)
         self.objective = DiffusionObjective(
-            self.denoiser, cfg.loss, TrainingConditions(cfg.cond, cfg.p_uncond, self.data),
+            self.denoiser, cfg.loss, TrainingConditions(cfg.cond, cfg.p_uncond, self.pixels),
             label_lr_scale=cfg.label_lr_scale, min_snr_gamma=cfg.min_snr_gamma, vlb_weight=cfg.vlb_weight,
-            decoder="discretized" if self.data.kind == "image" else "gaussian")
+            decoder="discretized" if self.data.kind == "image" else "gaussian",
+            low_res=None if cfg.low_res is None else LowResConditions(cfg.low_res, cfg.low_res_augmentation))
+        if latent_ref is not None:  # frozen: referred to by path and sha256, never copied
+            self.objective.frozen = {**self.objective.frozen, "autoencoder": latent_ref}
         self.loop = TrainingLoop(self.objective, self.data, cfg, self.out, kind="denoiser", config=self.config,
                                  checkpoint_name=CHECKPOINT, progress=progress)
         if checkpoint is not None:
@@ -122,7 +138,8 @@ class Trainer:
         ema = build_denoiser(self.ema.model, self.config)
         n = 2000 if self.data.kind == "points" else 64
         x = generate(ema, self.config.data_shape, n, sampler="ddim", steps=self.config.train.sample_steps,
-                     grid=ema.default_grid, seed=1234, batch=n)
+                     grid=ema.default_grid, seed=1234, batch=n,
+                     decode=None if self.latent is None else self.latent.decode)
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         save_samples(x, path, title=f"{self.data.name}, step {self.step}")
         return path

@@ -1,4 +1,5 @@
-// difflab web page: fills the form from the server, posts /sdapi/v1/txt2img, polls /sdapi/v1/progress meanwhile.
+// difflab web page: fills the form from the server, posts /sdapi/v1/txt2img (or img2img, img2img.js), polls
+// /sdapi/v1/progress meanwhile.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -25,9 +26,26 @@ async function init() {
     $("model-select").value = options.sd_model_checkpoint;
     for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
     await configure();
+    await listNetworks();
   } catch (err) {
     showError(`cannot reach the server: ${err.message}`);
   }
+}
+
+// The server's LoRAs and embeddings (GET /sdapi/v1/loras, /sdapi/v1/embeddings): a click adds one to the prompt.
+async function listNetworks() {
+  const [loras, embeddings] = await Promise.all([api("/sdapi/v1/loras"), api("/sdapi/v1/embeddings")]);
+  const items = [...loras.map((l) => [`LoRA ${l.name}`, `<lora:${l.name}:1>`]),
+                 ...Object.keys(embeddings.loaded).map((token) => [`embedding ${token}`, token])];
+  $("networks").replaceChildren(...items.map(([label, text]) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = label;
+    button.title = `add ${text} to the prompt`;
+    button.addEventListener("click", () => { $("prompt").value = `${$("prompt").value.trim()} ${text}`.trim(); });
+    return button;
+  }));
+  $("networks").hidden = items.length === 0;
 }
 
 // The form for the current model: its conditioning decides between a prompt, a class list or neither.
@@ -55,6 +73,7 @@ async function configure() {
     $("conditioning-note").textContent =
       `${info.name} is unconditional: a prompt is accepted but does not steer the image.`;
   }
+  sizeEditor(info);  // img2img.js: the image and mask canvases at the model's size
   if (info.conditioning === "none") {
     $("negative").disabled = $("cfg").disabled = true;
     $("negative").placeholder = "needs a conditional model";
@@ -116,6 +135,7 @@ function request() {
     seed: Number($("seed").value),
     batch_size: Number($("batch").value),
     n_iter: 1,
+    alwayson_scripts: controlnetScripts(),  // controlnet.js
   };
 }
 
@@ -165,8 +185,9 @@ async function generate(event) {
   const started = performance.now();
   polling = setInterval(poll, 250);
   try {
-    const result = await api("/sdapi/v1/txt2img", {
-      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(request()),
+    const edit = editRequest();  // img2img.js: the init image and mask, or null for txt2img
+    const result = await api(edit ? "/sdapi/v1/img2img" : "/sdapi/v1/txt2img", {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify({...request(), ...edit}),
     });
     const info = addCards(result);
     const seconds = ((performance.now() - started) / 1000).toFixed(1);

@@ -1,0 +1,170 @@
+"""Few-step and parallel sampling on the bundled Fashion-MNIST model: FD against NFE, and ParaDiGMS' speed-up.
+
+FD (difflab eval's metric: evaluate_images on the feature net, against the 10k test images) of n samples at
+NFE 1, 2, 4, 8 for
+  - the progressive-distillation students (each round on its own grid: `difflab distill progressive`),
+  - a consistency-distilled model (`difflab distill consistency`) and a consistency-trained one
+    (`difflab train-consistency`), with the consistency sampler (1 step; 2, 4, 8 with re-noising on the trailing
+    or Karras grid of the model),
+  - the teacher with DPM-Solver++(2M),
+and the reference: DDPM ancestral sampling on the full 1000-step chain (--reference-n samples; or a figure given
+with --reference-fd when it was measured elsewhere).
+
+ParaDiGMS: wall-clock time of one image at 100 steps, sequential DDIM against paradigms_ddim at each window, in
+alternating rounds (the machine is shared: ratios measured side by side), with its sequential rounds and network
+evaluations, and the pixel RMS distance of its images from the sequential ones.
+
+    python bench/fewstep.py --pd runs/fewstep/pd --cd runs/fewstep/cd/student.safetensors \
+        --ct runs/fewstep/ct/student.safetensors --n 1000 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from difflab.commands import BUNDLED_MODEL
+from difflab.eval.plots import plot_fd_vs_nfe
+from difflab.eval.report import evaluate_images
+from difflab.images import to_uint8
+from difflab.model import load_model
+from difflab.pipelines.generate import generate
+
+NFES = (1, 2, 4, 8)
+
+
+def fd_of(denoiser, n: int, seed: int, **arguments) -> tuple[float, float]:
+    """(FD of n samples, seconds to draw them)."""
+    start = time.perf_counter()
+    x = generate(denoiser, (1, 28, 28), n, seed=seed, batch=250, **arguments)
+    seconds = time.perf_counter() - start
+    return evaluate_images(to_uint8(x))["fd"], seconds
+
+
+def quality(args: argparse.Namespace) -> dict:
+    rows: dict[str, list[dict]] = {}
+
+    def record(method: str, nfe: int, path: str, **arguments) -> None:
+        fd, seconds = fd_of(load_model(path).denoiser, args.n, args.seed, **arguments)
+        rows.setdefault(method, []).append({"nfe": nfe, "fd": fd, "seconds": round(seconds, 1), **arguments})
+        print(f"{method:28s} NFE {nfe:4d}  FD {fd:7.2f}  ({seconds:.0f} s)", flush=True)
+
+    if args.pd:
+        for path in sorted(Path(args.pd).glob("round_*/student.safetensors")):
+            grid = load_model(path).checkpoint.config.student_grid
+            record("progressive distillation", grid.steps, str(path), sampler="ddim", steps=grid.steps, grid=grid.kind)
+    for name, path in (("consistency distillation", args.cd), ("consistency training", args.ct)):
+        if path:
+            grid = load_model(path).denoiser.default_grid
+            for nfe in NFES:
+                record(name, nfe, path, sampler="consistency", steps=nfe, grid=grid)
+    for nfe in args.teacher_dpm:
+        record("teacher, DPM++ 2M", nfe, args.teacher, sampler="dpmpp_2m", steps=nfe, grid="trailing")
+    for nfe in args.teacher_ddim:
+        record("teacher, DDIM", nfe, args.teacher, sampler="ddim", steps=nfe, grid="trailing")
+    if args.reference_n:
+        fd, seconds = fd_of(load_model(args.teacher).denoiser, args.reference_n, args.seed, sampler="ddpm",
+                            steps=1000, grid="leading")
+        reference = {"fd": fd, "n": args.reference_n, "seconds": round(seconds, 1), "source": "measured here",
+                     "label": "DDPM-1000", "nfe": 1000}
+    else:
+        reference = {"fd": args.reference_fd, "n": args.n, "source": args.reference_source,
+                     "label": args.reference_label, "nfe": args.reference_nfe}
+    print(f"reference: {reference}")
+    return {"n": args.n, "curves": rows, "reference": reference}
+
+
+def speed(args: argparse.Namespace) -> dict:
+    """Batch-1 generation at 100 steps: sequential DDIM and paradigms_ddim per window, in alternating rounds."""
+    denoiser = load_model(args.teacher).denoiser
+    common = {"steps": args.speed_steps, "grid": "trailing", "batch": 1}
+    times: dict[str, list[float]] = {"ddim": []}
+    stats, distance = {}, {}
+    for window in args.windows:
+        times[f"window {window}"] = []
+    for r in range(args.repeats):
+        seed = args.seed + r
+        start = time.perf_counter()
+        sequential = generate(denoiser, (1, 28, 28), 1, sampler="ddim", seed=seed, **common)
+        times["ddim"].append(time.perf_counter() - start)
+        for window in args.windows:
+            steps: list = []
+            start = time.perf_counter()
+            parallel = generate(denoiser, (1, 28, 28), 1, sampler="paradigms_ddim", seed=seed,
+                                options={"window": window, "tolerance": args.tolerance},
+                                callback=lambda b, s, steps=steps: steps.append(s), **common)
+            times[f"window {window}"].append(time.perf_counter() - start)
+            stats[window] = (steps[-1].rounds, steps[-1].nfe)
+            distance.setdefault(window, []).append(float((parallel - sequential).pow(2).mean().sqrt()))
+    base = statistics.median(times["ddim"])
+    result = {"steps": args.speed_steps, "tolerance": args.tolerance, "repeats": args.repeats,
+              "threads": torch.get_num_threads(), "ddim_seconds": base, "windows": []}
+    print(f"sequential DDIM, {args.speed_steps} steps, batch 1: {base:.3f} s (median of {args.repeats})")
+    for window in args.windows:
+        t = statistics.median(times[f"window {window}"])
+        rounds, nfe = stats[window]
+        row = {"window": window, "seconds": t, "speedup": base / t, "rounds": rounds, "nfe": nfe,
+               "rms_vs_sequential": max(distance[window])}
+        result["windows"].append(row)
+        print(f"paradigms_ddim window {window:3d}: {t:.3f} s, speed-up {base / t:.2f}x, {rounds} rounds, "
+              f"{nfe} evaluations, max pixel RMS from sequential {row['rms_vs_sequential']:.4f} (data range [-1, 1])")
+    return result
+
+
+def plot(report: dict, path: str) -> None:
+    curves = {name: [(row["nfe"], row["fd"]) for row in rows] for name, rows in report["quality"]["curves"].items()}
+    reference = report["quality"]["reference"]
+    if reference.get("fd"):
+        curves[f"{reference['label']} (reference)"] = [(reference["nfe"], reference["fd"])]
+    plot_fd_vs_nfe(curves, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default=str(BUNDLED_MODEL))
+    parser.add_argument("--pd", help="folder of `difflab distill progressive` (round_K/student.safetensors)")
+    parser.add_argument("--cd", help="consistency-distilled student.safetensors")
+    parser.add_argument("--ct", help="consistency-trained student.safetensors")
+    parser.add_argument("--n", type=int, default=1000, help="samples per FD (the issue asks 5,000)")
+    parser.add_argument("--teacher-dpm", type=int, nargs="*", default=list(NFES),
+                        help="the teacher's DPM++ 2M at these NFE (default 1 2 4 8)")
+    parser.add_argument("--teacher-ddim", type=int, nargs="*", default=[], help="also the teacher's DDIM at these NFE")
+    parser.add_argument("--reference-n", type=int, default=0, help="DDPM-1000 samples to draw for the reference")
+    parser.add_argument("--reference-fd", type=float, help="the reference FD when it is not drawn here")
+    parser.add_argument("--reference-source", default="", help="where --reference-fd was measured")
+    parser.add_argument("--reference-label", default="DDPM-1000", help="what --reference-fd measured")
+    parser.add_argument("--reference-nfe", type=int, default=1000, help="its network evaluations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--windows", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--tolerance", type=float, default=0.1)
+    parser.add_argument("--speed-steps", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", default="docs/fewstep.json")
+    parser.add_argument("--plot", default="docs/fewstep.png")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    report = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+    if not args.skip_speed:
+        report["paradigms"] = speed(args)
+    if not args.skip_quality:  # curves measured before at the same n are kept unless measured again
+        new, old = quality(args), report.get("quality", {})
+        if old.get("n") == new["n"]:
+            new["curves"] = {**old["curves"], **new["curves"]}
+            new["reference"] = new["reference"] if new["reference"]["fd"] else old["reference"]
+        report["quality"] = new
+    Path(args.json).write_text(json.dumps(report, indent=1))
+    if "quality" in report:
+        plot(report, args.plot)
+    print(f"wrote {args.json}" + (f" and {args.plot}" if "quality" in report else ""))
+
+
+if __name__ == "__main__":
+    main()

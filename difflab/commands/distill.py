@@ -1,0 +1,90 @@
+"""`difflab distill`: few-step students of a frozen teacher.
+
+  difflab distill progressive --teacher CKPT --rounds K --teacher-steps 16   # Salimans & Ho 2022: K halvings
+  difflab distill consistency --teacher CKPT                                 # Song et al. 2023: CD
+
+Each student is a component (OUT/.../student.safetensors) that refers to its teacher by path and sha256; sample it
+with `difflab sample STUDENT` (a progressive student on its own grid, a consistency model with --sampler consistency).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from difflab.commands import BUNDLED_MODEL, positive_float, positive_int, set_threads
+from difflab.distill.consistency import ConsistencyRecipe
+from difflab.distill.run import Budget, distill_consistency, distill_progressive
+from difflab.prediction import PREDICTIONS
+
+
+def add_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """The loop settings every distillation or consistency run takes."""
+    p.add_argument("--steps", type=positive_int("--steps"), help=f"optimizer steps (default {Budget.steps})")
+    p.add_argument("--minutes", type=positive_float("--minutes"), help="wall-clock budget (stops at whichever first)")
+    p.add_argument("--batch", type=positive_int("--batch"), help=f"default {Budget.batch}")
+    p.add_argument("--lr", type=positive_float("--lr"), help=f"default {Budget.lr:g}")
+    p.add_argument("--ema-decay", type=float, help=f"EMA of the weights sampled from (default {Budget.ema_decay})")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+
+
+def budget(args: argparse.Namespace) -> Budget:
+    given = {k: getattr(args, k) for k in ("steps", "minutes", "batch", "lr", "ema_decay", "seed")
+             if getattr(args, k) is not None}
+    return Budget(**given)
+
+
+def add_consistency_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", choices=["pseudo_huber", "l2"], help="d(., .) (default pseudo_huber)")
+    p.add_argument("--levels", type=positive_int("--levels"), help=f"N of the fixed curriculum (default "
+                                                                    f"{ConsistencyRecipe.levels})")
+    p.add_argument("--mu", type=float, help=f"target EMA rate of the fixed curriculum (default {ConsistencyRecipe.mu})")
+
+
+def recipe(args: argparse.Namespace, **base) -> ConsistencyRecipe:
+    given = {k: getattr(args, k) for k in ("metric", "levels", "mu") if getattr(args, k, None) is not None}
+    return ConsistencyRecipe(**{**base, **given})
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("distill", help="distil a few-step student from a teacher", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = p.add_subparsers(dest="method", required=True)
+    pd = kinds.add_parser("progressive", help="progressive distillation (Salimans & Ho 2022)")
+    pd.add_argument("--teacher", default=str(BUNDLED_MODEL), help="teacher checkpoint (default: the bundled model)")
+    pd.add_argument("--rounds", type=positive_int("--rounds"), default=1, help="halvings of the grid (default 1)")
+    pd.add_argument("--teacher-steps", type=positive_int("--teacher-steps"), default=16,
+                    help="the teacher's DDIM steps at the start (default 16; 256 or 1024 as in the paper)")
+    pd.add_argument("--grid", help="the teacher's grid kind (default: its model's, trailing on a VP schedule)")
+    pd.add_argument("--prediction", choices=PREDICTIONS,
+                    help="the student's output (default the teacher's; the paper predicts v)")
+    pd.add_argument("--out", default="runs/progressive", help="output folder (round_K/student.safetensors)")
+    add_budget_arguments(pd)
+    pd.set_defaults(handler=run_progressive)
+    cd = kinds.add_parser("consistency", help="consistency distillation (Song et al. 2023)")
+    cd.add_argument("--teacher", default=str(BUNDLED_MODEL), help="teacher checkpoint (default: the bundled model)")
+    cd.add_argument("--init", choices=["teacher", "scratch"], default="teacher",
+                    help="start the student from the teacher's weights (default) or from scratch")
+    cd.add_argument("--prediction", choices=PREDICTIONS,
+                    help="the student's network output inside the scalings (default the teacher's)")
+    cd.add_argument("--out", default="runs/consistency", help="output folder (student.safetensors)")
+    add_consistency_arguments(cd)
+    add_budget_arguments(cd)
+    cd.set_defaults(handler=run_consistency)
+
+
+def run_progressive(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    paths = distill_progressive(args.teacher, args.out, args.rounds, args.teacher_steps, budget(args), grid=args.grid,
+                                prediction=args.prediction)
+    for r, path in enumerate(paths, start=1):
+        print(f"round {r}: {args.teacher_steps >> r}-step student {path}")
+    return 0
+
+
+def run_consistency(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+    path = distill_consistency(args.teacher, args.out, recipe(args), budget(args), init=args.init,
+                               prediction=args.prediction)
+    print(f"consistency model {path}; sample with `difflab sample {path} --sampler consistency --steps 1`")
+    return 0

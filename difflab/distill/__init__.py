@@ -1,0 +1,1 @@
+"""Few-step students of a frozen teacher: progressive distillation and consistency distillation/training."""

@@ -1,0 +1,153 @@
+"""Running a distillation on the one trainer: the frozen teacher (referred to, never copied), the student's config
+and initial weights, and the finished student component."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from difflab.data import load_dataset
+from difflab.denoiser import ConsistencyConfig, Denoiser
+from difflab.distill.consistency import ConsistencyObjective, ConsistencyRecipe
+from difflab.distill.progressive import ProgressiveObjective, halve, named_grid
+from difflab.distill.student import StudentGrid
+from difflab.errors import DifflabError
+from difflab.grids import make_grid
+from difflab.model import load_model
+from difflab.nets import build_network
+from difflab.train.checkpoint import ComponentRef, build_denoiser, save_checkpoint
+from difflab.train.config import ExperimentConfig
+from difflab.train.loop import TrainingLoop
+from difflab.train.objective import Objective
+
+CHECKPOINT = "student.safetensors"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The loop settings of a distillation run (the rest of the recipe is the teacher's)."""
+
+    steps: int | None = 400
+    minutes: float | None = None
+    batch: int = 64
+    lr: float = 1e-4
+    warmup: int = 0
+    ema_decay: float = 0.99
+    seed: int = 0
+
+    def loop(self) -> dict:
+        return {"steps": self.steps, "minutes": self.minutes, "batch": self.batch, "lr": self.lr,
+                "warmup": self.warmup, "ema_decay": self.ema_decay, "seed": self.seed, "checkpoint_every": 10**9}
+
+
+@dataclass(frozen=True)
+class Teacher:
+    denoiser: Denoiser
+    config: ExperimentConfig
+    ref: ComponentRef  # the frozen teacher file, by path and sha256
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    model = load_model(path)
+    config = model.checkpoint.config
+    if getattr(model, "latent", None) is not None or config.train.cond != "none":
+        raise DifflabError("--teacher: distillation here takes an unconditional pixel-space model")
+    if config.precond.kind == "consistency":
+        raise DifflabError("--teacher is a consistency model; distil from a diffusion model")
+    return Teacher(model.denoiser.eval().requires_grad_(False), config,
+                   ComponentRef.to("denoiser", model.files["denoiser"]))
+
+
+def student_net(config: ExperimentConfig, init: Teacher | None) -> torch.nn.Module:
+    """The student's network, from the teacher's weights (init) or fresh from the config's seed."""
+    torch.manual_seed(config.train.seed)
+    net = build_network(config.network)
+    if init is not None:
+        net.load_state_dict(init.denoiser.net.state_dict())
+    return net.to(memory_format=torch.channels_last)
+
+
+def train_student(objective: Objective, config: ExperimentConfig, out: str | Path, progress: bool = True) -> Path:
+    """Run the objective on the teacher's data and write OUT/student.safetensors: the student's weights and EMA,
+    its config, and the frozen teacher referred to by path and sha256."""
+    train = config.train
+    data = load_dataset(train.data, "train", train.data_root, seed=train.seed)
+    loop = TrainingLoop(objective, data, train, Path(out), kind="denoiser", config=config,
+                        checkpoint_name=CHECKPOINT, progress=progress)
+    loop.run()
+    path = Path(out) / CHECKPOINT
+    save_checkpoint(path, config, loop.step, model=objective.module, ema=loop.ema.model, refs=objective.frozen)
+    return path
+
+
+def distill_consistency(teacher_path: str | Path, out: str | Path, recipe: ConsistencyRecipe, budget: Budget, *,
+                        init: str = "teacher", prediction: str | None = None, progress: bool = True) -> Path:
+    """Consistency distillation (Song et al. 2023, Alg. 2) of the teacher; the student starts from its weights
+    (init "teacher") or from scratch, its network predicting `prediction` (default the teacher's) inside the
+    consistency scalings."""
+    teacher = load_teacher(teacher_path)
+    config = consistency_config(teacher.config, budget, teacher.denoiser.sigma_min)
+    config = replace(config, prediction=prediction or config.prediction)
+    net = student_net(config, teacher if init == "teacher" else None)
+    objective = ConsistencyObjective(build_denoiser(net, config), recipe, _total(budget), teacher=teacher.denoiser,
+                                     teacher_ref=teacher.ref)
+    return train_student(objective, config, out, progress)
+
+
+def train_consistency(config: ExperimentConfig, out: str | Path, recipe: ConsistencyRecipe, budget: Budget, *,
+                      progress: bool = True) -> Path:
+    """Consistency training from data alone (Song et al. 2023, Alg. 3; iCT with the improved recipe)."""
+    if config.precond.kind == "consistency":
+        raise DifflabError("--config: give the diffusion config (vp or edm); the consistency scalings wrap it")
+    data = load_dataset(config.train.data, "train", config.train.data_root, seed=config.train.seed)
+    network = replace(config.network, in_channels=data.shape[0], out_channels=None)
+    config = replace(config, network=network, data_shape=data.shape)
+    sigma_min = build_denoiser(build_network(config.network), config).sigma_min
+    config = consistency_config(config, budget, sigma_min)
+    objective = ConsistencyObjective(build_denoiser(student_net(config, None), config), recipe, _total(budget))
+    return train_student(objective, config, out, progress)
+
+
+def consistency_config(base: ExperimentConfig, budget: Budget, sigma_min: float) -> ExperimentConfig:
+    precond = ConsistencyConfig(sigma_min=sigma_min, inner=base.precond)
+    return replace(base, precond=precond, train=replace(base.train, **budget.loop()))
+
+
+def _total(budget: Budget) -> int:
+    if budget.steps is None:
+        raise DifflabError("consistency training's curriculum runs over --steps: give --steps")
+    return budget.steps
+
+
+def distill_progressive(teacher_path: str | Path, out: str | Path, rounds: int, teacher_steps: int, budget: Budget,
+                        *, grid: str | None = None, prediction: str | None = None,
+                        progress: bool = True) -> list[Path]:
+    """`rounds` rounds of progressive distillation from the teacher's `teacher_steps`-step DDIM grid, halving it
+    each round; round r writes OUT/round_r/student.safetensors (its teacher: round r - 1's student)."""
+    if rounds < 1:
+        raise DifflabError(f"--rounds must be >= 1, got {rounds}")
+    if teacher_steps % 2**rounds:
+        raise DifflabError(f"--teacher-steps {teacher_steps} cannot be halved {rounds} times; use a multiple of "
+                           f"{2**rounds}")
+    teacher = load_teacher(teacher_path)
+    kind = grid or teacher.denoiser.default_grid
+    sigmas = make_grid(teacher.denoiser.schedule, teacher_steps, kind)
+    paths = []
+    for r in range(1, rounds + 1):
+        student_sigmas = halve(sigmas)
+        steps = len(student_sigmas) - 1
+        if not named_grid(teacher.denoiser.schedule, kind, steps, student_sigmas):
+            raise DifflabError(f"every other level of the {steps * 2}-step {kind} grid is not the {steps}-step {kind} "
+                               f"grid: use --grid trailing with a power-of-two --teacher-steps")
+        config = replace(teacher.config, prediction=prediction or teacher.config.prediction,
+                         train=replace(teacher.config.train, **budget.loop()),
+                         student_grid=StudentGrid(kind, steps, tuple(student_sigmas.tolist())))
+        net = student_net(config, teacher)
+        objective = ProgressiveObjective(build_denoiser(net, config), teacher.denoiser, sigmas, teacher.ref)
+        path = train_student(objective, config, Path(out) / f"round_{r}", progress)
+        paths.append(path)
+        teacher, sigmas = load_teacher(path), student_sigmas
+    return paths
+

@@ -1,0 +1,141 @@
+"""The web UI's "hires fix" (txt2img with enable_hr): sample at the model's size, upscale, then denoise again at
+the larger size from the upscaled images at a denoising strength, as img2img does.
+
+The second pass is an img2img run on the one generation path: the strength picks its start level by the same rule
+(difflab.pipelines.start.img2img_levels, A1111's setup_img2img_steps), over hr_second_pass_steps steps (0: as many
+as the first pass), from the same seeds. The target size follows A1111's calculate_target_resolution
+(modules/processing.py): width and height times hr_scale, or hr_resize_x / hr_resize_y (one of them keeps the aspect
+ratio; both: upscale to cover, then crop the centre). The upscaler is interpolation of the samples ("nearest",
+"bilinear": the UI's latent upscalers, here in pixel space) or a super-resolution model (a cascade's second stage).
+The model must be able to run at the target size: a U-Net (convolutional) at a size its downsampling divides; other
+networks are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from difflab.errors import DifflabError
+from difflab.grids import make_grid
+from difflab.lowres import UPSAMPLE_MODES, upsample
+from difflab.nets.unet import UNetConfig
+from difflab.pipelines.cascade import SuperResolution
+from difflab.pipelines.request import Plan
+from difflab.pipelines.start import img2img_levels
+from difflab.train.config import ExperimentConfig
+
+MODEL_UPSCALER = "model"  # upscale with a super-resolution model
+
+
+@dataclass(frozen=True)
+class Hires:
+    """A1111's hires-fix fields: hr_scale, hr_resize_x, hr_resize_y, denoising_strength, hr_second_pass_steps and
+    hr_upscaler (nearest | bilinear | model), with the UI's defaults."""
+
+    scale: float = 2.0
+    resize_x: int = 0
+    resize_y: int = 0
+    strength: float = 0.75
+    steps: int = 0
+    upscaler: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if not self.scale > 0:
+            raise DifflabError(f"hires scale must be > 0, got {self.scale}")
+        if self.resize_x < 0 or self.resize_y < 0:
+            raise DifflabError(f"hires resize must be >= 0 pixels (0: by the scale), got {self.resize_x}x"
+                               f"{self.resize_y}")
+        if not 0 <= self.strength <= 1:
+            raise DifflabError(f"hires denoising strength must lie in [0, 1], got {self.strength}")
+        if self.steps < 0:
+            raise DifflabError(f"hires second-pass steps must be >= 0 (0: as many as the first pass), got {self.steps}")
+        if self.upscaler not in (*UPSAMPLE_MODES, MODEL_UPSCALER):
+            raise DifflabError(f"hires upscaler must be one of {', '.join(UPSAMPLE_MODES)} or a super-resolution "
+                               f"model, got {self.upscaler!r}")
+
+
+@dataclass(frozen=True)
+class HiresSize:
+    upscale: tuple[int, int]  # (height, width) the first pass is upscaled to
+    target: tuple[int, int]  # after the centre crop (equal unless both resize_x and resize_y are given)
+
+
+def hires_size(height: int, width: int, hires: Hires) -> HiresSize:
+    """A1111 StableDiffusionProcessingTxt2Img.calculate_target_resolution, with its crop in pixels."""
+    if hires.resize_x == 0 and hires.resize_y == 0:
+        size = (int(height * hires.scale), int(width * hires.scale))
+        return HiresSize(size, size)
+    if hires.resize_y == 0:
+        size = (hires.resize_x * height // width, hires.resize_x)
+        return HiresSize(size, size)
+    if hires.resize_x == 0:
+        size = (hires.resize_y, hires.resize_y * width // height)
+        return HiresSize(size, size)
+    if width / height < hires.resize_x / hires.resize_y:  # cover the target, then crop the overhang
+        upscale = (hires.resize_x * height // width, hires.resize_x)
+    else:
+        upscale = (hires.resize_y, hires.resize_y * width // height)
+    return HiresSize(upscale, (hires.resize_y, hires.resize_x))
+
+
+def shape_at(config: ExperimentConfig, height: int, width: int) -> tuple[int, int, int]:
+    """The sample shape [C, height, width] of the model run at that size, or one line saying why it cannot be."""
+    if not isinstance(config.network, UNetConfig):
+        raise DifflabError(f"the hires fix runs the model at {height}x{width}; only a convolutional network (a U-Net) "
+                           f"runs at another size than it was trained at, and this model is a "
+                           f"{type(config.network).__name__}")
+    factor = 2 ** (len(config.network.channel_mult) - 1)
+    if height % factor or width % factor or height < factor or width < factor:
+        raise DifflabError(f"the hires fix runs the model at {height}x{width}; this U-Net halves the size "
+                           f"{len(config.network.channel_mult) - 1} times, so both sides must be multiples of {factor}")
+    return config.data_shape[0], height, width
+
+
+def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """x [..., H, W] cropped to `size` about its centre (A1111 truncate_x / truncate_y)."""
+    dy, dx = x.shape[-2] - size[0], x.shape[-1] - size[1]
+    return x[..., dy // 2: x.shape[-2] - (dy + 1) // 2, dx // 2: x.shape[-1] - (dx + 1) // 2]
+
+
+@dataclass(frozen=True)
+class HiresOutput:
+    first_pass: torch.Tensor  # [n, C, h, w] at the model's size
+    upscaled: torch.Tensor  # [n, C, H, W] the second pass's start
+    samples: torch.Tensor  # [n, C, H, W]
+
+
+def plan_hires(plan: Plan, config: ExperimentConfig, hires: Hires) -> tuple[Plan | None, HiresSize]:
+    """The second pass as a Plan without its start (None at strength 0: the upscaled images are the answer)."""
+    if plan.request.sections is not None:
+        raise DifflabError("the hires fix's second pass builds its own grid: leave out --sections")
+    size = hires_size(*plan.shape[-2:], hires)
+    shape = shape_at(config, *size.target)
+    steps = hires.steps or plan.request.steps
+    levels = img2img_levels(lambda k: make_grid(plan.denoiser.schedule, k, plan.sampler.grid), steps, hires.strength)
+    if not levels.runs:
+        return None, size
+    request = replace(plan.request, steps=levels.steps, sigma_start=levels.sigma_start)
+    return replace(plan, request=request, shape=shape), size
+
+
+def run_hires(plan: Plan, config: ExperimentConfig, hires: Hires, *, upscaler: SuperResolution | None = None,
+              progress: bool = False) -> HiresOutput:
+    """First pass by `plan`, upscale (by interpolation, or by the super-resolution stage `upscaler`), second pass."""
+    second, size = plan_hires(plan, config, hires)
+    if (hires.upscaler == MODEL_UPSCALER) != (upscaler is not None):
+        raise DifflabError("hires upscaler 'model' goes with a super-resolution model, and only it")
+    first = plan.sample(progress=progress)
+    if upscaler is None:
+        upscaled = centre_crop(upsample(first, size.upscale, hires.upscaler), size.target)
+    else:
+        if tuple(upscaler.plan.shape[-2:]) != size.target:
+            raise DifflabError(f"the super-resolution upscaler makes {list(upscaler.plan.shape[-2:])} images; the "
+                               f"hires fix asks for {list(size.target)}")
+        upscaled = upscaler.run(first, progress)
+    if second is None:
+        return HiresOutput(first, upscaled, upscaled)
+    start = None if second.request.sigma_start is None else upscaled
+    second = replace(second, request=replace(second.request, start=start))
+    return HiresOutput(first, upscaled, second.sample(progress=progress))

@@ -1,0 +1,116 @@
+"""txt2img's multi-stage fields on the server: the hires fix (enable_hr, hr_scale, hr_resize_x/y,
+hr_second_pass_steps, hr_upscaler, denoising_strength) and the refiner (refiner_checkpoint, refiner_switch_at),
+checked when a request is planned and run batch by batch on the pipelines' stages (difflab.pipelines.hires,
+difflab.pipelines.refiner)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from difflab.errors import DifflabError
+from difflab.pipelines.dialect import RequestError
+from difflab.pipelines.hires import Hires, hires_size, plan_hires, run_hires
+from difflab.pipelines.refiner import Refined, check_refiner
+from difflab.pipelines.request import Plan
+from difflab.samplers.common import StepInfo
+from difflab.serve.model import ServedModel
+
+# hr_upscaler names the hires fix takes -> interpolation mode. The UI's latent upscalers interpolate the latents
+# (modules/shared.py latent_upscale_modes; its default is "Latent", bilinear); a pixel model's samples are its latents.
+HIRES_UPSCALERS = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (nearest-exact)": "nearest",
+                   "Nearest": "nearest", "Bilinear": "bilinear"}
+DEFAULT_HIRES_UPSCALER = "Latent"
+DEFAULT_SWITCH_AT = 0.8  # the UI's refiner switch slider default
+
+
+@dataclass(frozen=True)
+class Stages:
+    """What a txt2img body asks for beyond one pass: the hires fix and/or a refiner."""
+
+    hires: Hires | None
+    hires_upscaler: str | None  # the name as asked
+    refiner: ServedModel | None
+    switch_at: float | None
+
+    def plan(self, plan: Plan) -> Plan:
+        """The one-pass plan with its denoiser handing over to the refiner."""
+        if self.refiner is None:
+            return plan
+        return replace(plan, denoiser=Refined(plan.denoiser, self.refiner.denoiser, self.switch_at))
+
+    def batches(self, plan: Plan, config, callback: Callable[[int, StepInfo], None]) -> Iterator[torch.Tensor]:
+        plan = self.plan(plan)
+        if self.hires is None:
+            return plan.batches(callback=callback)
+        return iter([run_hires(plan, config, self.hires).samples])
+
+    def infotext(self) -> dict[str, Any]:
+        """The UI's extra generation parameters for these stages."""
+        text: dict[str, Any] = {}
+        if self.hires is not None:
+            text["Denoising strength"] = self.hires.strength
+            if self.hires.resize_x or self.hires.resize_y:
+                text["Hires resize"] = f"{self.hires.resize_x}x{self.hires.resize_y}"
+            else:
+                text["Hires upscale"] = f"{self.hires.scale:g}"
+            text["Hires steps"] = self.hires.steps or None
+            text["Hires upscaler"] = self.hires_upscaler
+        if self.refiner is not None:
+            text["Refiner"] = self.refiner.name
+            text["Refiner switch at"] = self.switch_at
+        return text
+
+
+def plan_stages(txt2img, refiner: ServedModel | None) -> tuple[Stages | None, int, int]:
+    """The stages a planned txt2img's body asks for, checked against its model (and the loaded
+    `refiner_checkpoint`), and the size of the images answered; a field that cannot be honoured is a RequestError
+    naming it."""
+    body, model, plan = txt2img.body, txt2img.model, txt2img.plan
+    if body.refiner_switch_at is not None and refiner is None:
+        raise RequestError("refiner_switch_at", "refiner_switch_at goes with refiner_checkpoint")
+    height, width = plan.shape[-2:]
+    if not body.enable_hr and refiner is None:
+        return None, width, height
+    hires = upscaler = None
+    if body.enable_hr:
+        if model.decode is not None:
+            raise RequestError("enable_hr", f"enable_hr runs on pixel models; model {model.name} is a latent model")
+        if plan.request.controls:
+            raise RequestError("enable_hr", "enable_hr with a ControlNet unit is not supported: its image is at the "
+                                            "first pass's size")
+        if txt2img.size_by is not None:
+            raise RequestError("enable_hr", f"enable_hr samples the first pass at the model's size "
+                                            f"({model.width}x{model.height}); leave width and height out and set "
+                                            f"hr_scale or hr_resize_x / hr_resize_y")
+        upscaler = body.hr_upscaler or DEFAULT_HIRES_UPSCALER
+        if upscaler not in HIRES_UPSCALERS:
+            raise RequestError("hr_upscaler", f"unknown hires upscaler {upscaler!r}: with enable_hr, hr_upscaler must "
+                                              f"be one of {', '.join(HIRES_UPSCALERS)}")
+        hires = Hires(body.hr_scale, body.hr_resize_x, body.hr_resize_y, body.denoising_strength,
+                      body.hr_second_pass_steps, HIRES_UPSCALERS[upscaler])
+        try:
+            plan_hires(plan, model.config, hires)
+        except DifflabError as err:
+            raise RequestError("hr_scale", str(err)) from None
+        height, width = hires_size(*plan.shape[-2:], hires).target
+    switch_at = None
+    if refiner is not None:
+        switch_at = DEFAULT_SWITCH_AT if body.refiner_switch_at is None else body.refiner_switch_at
+        try:
+            check_refiner(model.config, refiner.config, frozenset() if plan.cond is None else plan.cond.kinds)
+            Refined(plan.denoiser, refiner.denoiser, switch_at)
+        except DifflabError as err:
+            raise RequestError("refiner_checkpoint", str(err).replace("--refiner-switch-at", "refiner_switch_at")
+                               .replace("--refiner", "refiner_checkpoint")) from None
+    return Stages(hires, upscaler, refiner, switch_at), width, height
+
+
+def with_stages(txt2img, refiner: ServedModel | None):
+    """A planned txt2img (difflab.serve.generation.Txt2Img) with the stages its body asks for, answering at their
+    size."""
+    stages, width, height = plan_stages(txt2img, refiner)
+    return txt2img if stages is None else replace(txt2img, stages=stages, width=width, height=height)
