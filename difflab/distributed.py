@@ -10,8 +10,10 @@ gathered union equals the single-process result.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -110,6 +112,12 @@ def init_shard(device: torch.device | None = None) -> Shard:
 
 
 def close() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one, once every process is done with it (a rank that tears
+    gloo down while another still writes its files can abort at exit)."""
     if dist.is_initialized():
+        with contextlib.suppress(RuntimeError):  # a process that failed holds the others up to the timeout only
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            else:
+                dist.barrier()
         dist.destroy_process_group()
