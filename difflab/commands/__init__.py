@@ -17,10 +17,11 @@ BUNDLED_NAMES = {"latent": BUNDLED_LATENT_MODEL}  # what a model argument may na
 
 
 def model_file(spec: str | None, default: Path) -> Path:
-    """A model argument: a file, a bundled model's name (BUNDLED_NAMES), or None for `default`."""
+    """A model argument: a file, a bundled model's name (BUNDLED_NAMES; a file of that name comes first), or None
+    for `default`."""
     if spec is None:
         return default
-    return BUNDLED_NAMES[spec] if spec in BUNDLED_NAMES and not Path(spec).exists() else Path(spec)
+    return BUNDLED_NAMES[spec] if spec in BUNDLED_NAMES and not Path(spec).is_file() else Path(spec)
 
 
 def _positive(name: str, kind: type, noun: str):

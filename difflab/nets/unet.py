@@ -59,6 +59,11 @@ class UNetConfig:
         return tuple(self.channels * m for m in self.channel_mult)
 
     @property
+    def size_factor(self) -> int:
+        """What both sides of an input must be multiples of: the U-Net halves them once per level below the first."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
     def accepts(self) -> frozenset[str]:
         """The condition kinds this network takes (difflab.conditioning.CONDITION_KINDS)."""
         sizes = {"class": self.num_classes, "text": self.text_dim}

@@ -86,7 +86,7 @@ def shape_at(config: ExperimentConfig, height: int, width: int) -> tuple[int, in
         raise DifflabError(f"the hires fix runs the model at {height}x{width}; only a convolutional network (a U-Net) "
                            f"runs at another size than it was trained at, and this model is a "
                            f"{type(config.network).__name__}")
-    factor = 2 ** (len(config.network.channel_mult) - 1)
+    factor = config.network.size_factor
     if height % factor or width % factor or height < factor or width < factor:
         raise DifflabError(f"the hires fix runs the model at {height}x{width}; this U-Net halves the size "
                            f"{len(config.network.channel_mult) - 1} times, so both sides must be multiples of {factor}")

@@ -33,7 +33,7 @@ def model_shape_at(config, width: int, height: int, name: str) -> tuple[int, int
     if not isinstance(config.network, UNetConfig):
         raise RequestError("difflab_size_by", f"difflab_size_by model needs a convolutional network (a U-Net); model "
                                               f"{name} is not one, so another size is made by hr_upscaler")
-    factor = 2 ** (len(config.network.channel_mult) - 1)
+    factor = config.network.size_factor
     for field, value in (("width", width), ("height", height)):
         if value % factor:
             raise RequestError(field, f"{field} must be a multiple of {factor} to run model {name} at that size "
