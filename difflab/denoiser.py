@@ -118,6 +118,14 @@ class VPPrecond:
         return training_target(self.prediction, append_dims(sigma.to(x0.dtype), x0.ndim), x0, eps)
 
 
+def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's (c_skip, c_out, c_in) at levels sigma (any shape) for data of std sigma_data (Karras et al. 2022, Table 1)."""
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)  # sigma_data^2 / (sigma^2 + sigma_data^2)
+    c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)  # sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
+    c_in = torch.rsqrt(sigma**2 + sigma_data**2)  # 1 / sqrt(sigma^2 + sigma_data^2)
+    return c_skip, c_out, c_in
+
+
 class EDMPrecond:
     """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) with EDM's scalings (Karras et al. 2022, Table 1)."""
 
@@ -129,11 +137,7 @@ class EDMPrecond:
 
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(c_skip, c_out, c_in) at levels sigma (any shape)."""
-        sigma_data = self.config.sigma_data
-        c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)  # Table 1: sigma_data^2 / (sigma^2 + sigma_data^2)
-        c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)  # sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
-        c_in = torch.rsqrt(sigma**2 + sigma_data**2)  # 1 / sqrt(sigma^2 + sigma_data^2)
-        return c_skip, c_out, c_in
+        return edm_scalings(sigma, self.config.sigma_data)
 
     def prior_std(self, sigma: float) -> float:
         """EDM starts sampling from sigma_max * N(0, I) (Alg. 1, line 1); the data's own spread is neglected."""
@@ -181,9 +185,8 @@ class ConsistencyPrecond:
         return self.inner.inputs(x, sigma)
 
     def x0(self, x: torch.Tensor, sigma: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        sigma_data, s = self.config.sigma_data, append_dims(sigma.to(x.dtype), x.ndim)
-        edm_skip = sigma_data**2 / (s**2 + sigma_data**2)  # Karras et al. 2022, Table 1
-        edm_out = s * sigma_data / torch.sqrt(s**2 + sigma_data**2)
+        s = append_dims(sigma.to(x.dtype), x.ndim)
+        edm_skip, edm_out, _ = edm_scalings(s, self.config.sigma_data)
         network = (self.inner.x0(x, sigma, output) - edm_skip * x) / edm_out  # F in EDM form
         c_skip, c_out = self.scalings(s)
         return c_skip * x + c_out * network  # Song et al. 2023, Eq. 5

@@ -114,8 +114,6 @@ class Level(nn.Module):
         return self.cross_attns[k](h, *context) if len(self.cross_attns) else h
 
 
-
-
 class TrunkFeatures(NamedTuple):
     """What the encoder and the middle hand on: to the decoder, a classifier's pooling or a ControlNet's outputs."""
 
