@@ -1,9 +1,11 @@
 """Training throughput (images/s) of difflab's U-Net against diffusers' UNet2DModel of comparable size.
 
 Both train on the same random Fashion-MNIST-shaped batches with the same AdamW step and L_simple loss;
-measurements alternate between the models (rounds) so machine noise hits both alike.
+measurements alternate between the models (rounds) so machine noise hits both alike. With one thread a step is
+timed by the process's CPU time, which other processes on a busy machine do not inflate; with more, by the wall
+clock. `--profile` prints torch.profiler's table of the operators that take difflab's step time.
 
-    python bench/train_throughput.py [--batch 64] [--rounds 5] [--iters 5] [--threads N]
+    python bench/train_throughput.py [--batch 64] [--rounds 5] [--iters 5] [--threads N] [--profile]
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ class DiffusersAdapter(torch.nn.Module):
         return self.net(x, timestep).sample
 
 
-def step_time(model, batch: int, iters: int, channels_last: bool) -> float:
-    """Seconds per training step (forward, backward, AdamW), averaged over `iters` steps."""
+def training_step(model, batch: int, channels_last: bool):
+    """A function running one training step (forward, backward, AdamW) of `model` on a fixed random batch."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -60,11 +62,27 @@ def step_time(model, batch: int, iters: int, channels_last: bool) -> float:
         loss.backward()
         optimizer.step()
 
-    step()  # warm-up
-    start = time.perf_counter()
+    return step
+
+
+def step_time(step, iters: int, clock) -> float:
+    """Seconds per training step, averaged over `iters` steps after a warm-up step."""
+    step()
+    start = clock()
     for _ in range(iters):
         step()
-    return (time.perf_counter() - start) / iters
+    return (clock() - start) / iters
+
+
+def profile(step, steps: int = 3, rows: int = 15) -> None:
+    """torch.profiler's operator table (self CPU time) over `steps` training steps."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    step()
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
@@ -73,9 +91,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--profile", action="store_true", help="print the operator table of difflab's step")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    single = torch.get_num_threads() == 1
+    clock = time.process_time if single else time.perf_counter
     config = network_config(json.loads(RECIPE.read_text())["network"])
     torch.manual_seed(0)
     models = {
@@ -84,11 +105,15 @@ def main() -> None:
         "diffusers UNet2DModel (contiguous)": (DiffusersAdapter(diffusers_unet(config)), False),
         "diffusers UNet2DModel (channels_last)": (DiffusersAdapter(diffusers_unet(config)), True),
     }
+    steps = {name: training_step(model, args.batch, channels_last) for name, (model, channels_last) in models.items()}
+    if args.profile:
+        profile(steps["difflab UNet (channels_last)"])
     times = {name: [] for name in models}
     for _ in range(args.rounds):
-        for name, (model, channels_last) in models.items():
-            times[name].append(step_time(model, args.batch, args.iters, channels_last))
-    print(f"batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.iters} steps (median)")
+        for name, step in steps.items():
+            times[name].append(step_time(step, args.iters, clock))
+    print(f"batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.iters} steps (median), "
+          f"timed by {'CPU time' if single else 'wall clock'}")
     print(f"{'model':<40} {'params':>10} {'images/s':>10}")
     rate = {}
     for name, (model, _) in models.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from difflab.allocator import keep_freed_memory
 from difflab.errors import DifflabError
 
 # Modules with register(subparsers) that add one or more subcommands, each with set_defaults(handler=...).
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.handler(args) or 0
     except DifflabError as err:

@@ -222,8 +222,9 @@ class Denoiser(nn.Module):
 
     @property
     def default_grid(self) -> str:
-        """The grid sampling uses unless told: trailing timesteps on a VP schedule (Lin et al. 2024), Karras et al.'s
-        rho = 7 spacing over EDM's continuous levels."""
+        """The model's grid: trailing timesteps on a VP schedule (Lin et al. 2024), Karras et al.'s rho = 7 spacing
+        over EDM's continuous levels. A sampler named without a grid runs on its own default on this model
+        (difflab.pipelines.samplers.default_grid)."""
         return "trailing" if isinstance(self.schedule, DiscreteSchedule) else "karras"
 
     @property

@@ -3,6 +3,7 @@
   difflab distill progressive --teacher CKPT --rounds K --teacher-steps 16   # Salimans & Ho 2022: K halvings
   difflab distill consistency --teacher CKPT                                 # Song et al. 2023: CD
 
+An interrupted run (Ctrl-C, SIGTERM) continues exactly with the same command and --resume.
 Each student is a component (OUT/.../student.safetensors) that refers to its teacher by path and sha256; sample it
 with `difflab sample STUDENT` (a progressive student on its own grid, a consistency model with --sampler consistency).
 """
@@ -25,6 +26,9 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float("--lr"), help=f"default {Budget.lr:g}")
     p.add_argument("--ema-decay", type=float, help=f"EMA of the weights sampled from (default {Budget.ema_decay})")
     p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run interrupted in --out exactly: give the flags it was started with (only "
+                        "--steps and --minutes may change)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
 
 
@@ -76,7 +80,7 @@ def register(subparsers) -> None:
 def run_progressive(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     paths = distill_progressive(args.teacher, args.out, args.rounds, args.teacher_steps, budget(args), grid=args.grid,
-                                prediction=args.prediction)
+                                prediction=args.prediction, resume=args.resume)
     for r, path in enumerate(paths, start=1):
         print(f"round {r}: {args.teacher_steps >> r}-step student {path}")
     return 0
@@ -85,6 +89,6 @@ def run_progressive(args: argparse.Namespace) -> int:
 def run_consistency(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     path = distill_consistency(args.teacher, args.out, recipe(args), budget(args), init=args.init,
-                               prediction=args.prediction)
+                               prediction=args.prediction, resume=args.resume)
     print(f"consistency model {path}; sample with `difflab sample {path} --sampler consistency --steps 1`")
     return 0

@@ -34,7 +34,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                         "output levels it stops at, its own steps being chosen by --rtol/--atol; for svgd the number "
                         "of updates")
     p.add_argument("--grid", choices=GRIDS, help="noise-level spacing (default: the one a web UI sampler name implies, "
-                                                 "else the model's: trailing for a VP model, karras for EDM)")
+                                                 "else the sampler's default in `difflab samplers`; on an EDM model "
+                                                 "karras unless that is log_snr)")
     p.add_argument("--sections", help='--grid respaced: section counts "10,15,20" or "ddimN" adding up to --steps')
     p.add_argument("--eta", type=float, help="DDIM / Euler-ancestral stochasticity (0 = deterministic, 1 = DDPM)")
     p.add_argument("--variance", choices=["learned", "beta_tilde", "beta"],
@@ -73,7 +74,7 @@ def request_from_args(args: argparse.Namespace, model: Model, n: int, label: int
     denoiser = model.denoiser
     student = model.checkpoint.config.student_grid  # a progressive-distillation student samples on its own grid
     if args.steps is None:
-        args.steps, args.grid = (50, args.grid) if student is None else (student.steps, args.grid or student.kind)
+        args.steps = 50 if student is None else student.steps
     return Request(label=label, prompt=prompt, guidance=guidance_request(args, model.files.get("classifier")),
                    sampler=args.sampler, grid=args.grid,
                    sections=args.sections, options=sampler_options(args, denoiser), steps=args.steps, n=n,

@@ -32,6 +32,10 @@ def register(subparsers) -> None:
     p.add_argument("--controlnet-dir", metavar="DIR",
                    help="ControlNets (from `difflab train-controlnet`) below DIR for alwayson_scripts.controlnet "
                         "(GET /controlnet/model_list)")
+    p.add_argument("--upscaler-dir", metavar="DIR",
+                   help="super-resolution models (every *.safetensors below DIR trained with train.low_res, e.g. "
+                        "by configs/fashion_mnist_sr.json) that hr_upscaler may name, in the hires fix (enable_hr) "
+                        "or to another width x height (GET /sdapi/v1/upscalers)")
     p.add_argument("--strict-names", action="store_true",
                    help="refuse unknown sampler, scheduler and upscaler names with 422 instead of falling back to "
                         "the default with a warning (the web UI falls back)")
@@ -63,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from difflab.serve.catalog import Catalog
     from difflab.serve.controlnet import ControlNetCatalog
     from difflab.serve.model import load_served_model
+    from difflab.serve.upscalers import UpscalerCatalog
 
     set_threads(args.threads)
     auth = parse_auth(args.api_auth)
@@ -73,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     models_dir = Path(args.models_dir) if args.models_dir else None
     if models_dir is not None and not models_dir.is_dir():
         raise DifflabError(f"--models-dir must be a folder, got {args.models_dir!r}")
-    folders = {name: Path(getattr(args, name)) for name in ("lora_dir", "embeddings_dir", "controlnet_dir")
+    folders = {name: Path(getattr(args, name)) for name in ("lora_dir", "embeddings_dir", "controlnet_dir",
+                                                            "upscaler_dir")
                if getattr(args, name)}
     for name, folder in folders.items():
         if not folder.is_dir():
@@ -89,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
           f"checkpoint(s) on http://{args.host}:{args.port}/ (API docs at /docs)", flush=True)
     app = create_app(model, auth=auth, queue_size=args.queue_size, catalog=catalog, strict_names=args.strict_names,
                      flags=flags, adapters=adapters,
-                     controlnets=ControlNetCatalog.with_bundled(folders.get("controlnet_dir")))
+                     controlnets=ControlNetCatalog.with_bundled(folders.get("controlnet_dir")),
+                     upscalers=UpscalerCatalog(folders.get("upscaler_dir")))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -15,7 +15,7 @@ from difflab.errors import DifflabError
 from difflab.grids import GRIDS
 from difflab.lowres import UPSAMPLE_MODES
 from difflab.model import Model, load_model
-from difflab.pipelines.cascade import SuperResolution, run_cascade
+from difflab.pipelines.cascade import SuperResolution, run_cascade, stage_request
 from difflab.pipelines.hires import MODEL_UPSCALER, Hires, run_hires
 from difflab.pipelines.refiner import Refined, check_refiner
 from difflab.pipelines.request import Plan, plan_request
@@ -97,12 +97,8 @@ def super_resolution(args: argparse.Namespace, path: str, plan: Plan, device,
     if args.sr_sampler is not None and args.sr_sampler != args.sampler:
         for name in OPTION_RANGES:  # the first stage's sampler options are its own
             setattr(stage, name, None)
-    kinds = config.network.accepts
-    label = args.label if "class" in kinds and config.class_names is not None else None
-    prompt = args.prompt if "text" in kinds else None
-    if label is None and prompt is None:
-        stage.cfg = stage.negative_class = stage.negative_prompt = None
-    request = replace(request_from_args(stage, model, plan.request.n, label=label, prompt=prompt), sections=None)
+    request = stage_request(request_from_args(stage, model, plan.request.n, label=args.label, prompt=args.prompt),
+                            config)
     return SuperResolution(plan_request(request, model.denoiser.to(device), config), config, args.noise_level)
 
 

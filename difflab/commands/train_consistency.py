@@ -38,6 +38,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     base = IMPROVED if args.improved else {"curriculum": "ct"}
-    path = train_consistency(load_config(args.config), args.out, recipe(args, **base), budget(args))
+    path = train_consistency(load_config(args.config), args.out, recipe(args, **base), budget(args),
+                             resume=args.resume)
     print(f"consistency model {path}; sample with `difflab sample {path} --sampler consistency --steps 1`")
     return 0

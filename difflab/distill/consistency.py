@@ -8,14 +8,16 @@ N-level Karras grid t_1 = sigma_min < ... < t_N = sigma_max (Song et al. 2023, E
 - improved CT (Song & Dhariwal 2023, "iCT"): no EMA target (theta- = stopgrad theta), the doubling curriculum
   N(k) = min(s0 2^floor(k / K'), s1) + 1, discretised log-normal levels, lambda = 1 / (t_{n+1} - t_n) and the
   pseudo-Huber metric.
-The target network theta- (an EMA of the student with rate mu) is this objective's own state, saved with the run.
+The target network theta- (an EMA of the student with rate mu) is this objective's own state, saved with the run,
+with the recipe (as JSON bytes), which a resumed run must share.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -174,12 +176,19 @@ class ConsistencyObjective(Objective):
         return weight.float() * distance(online, target, self.recipe.metric).float(), None
 
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
-        sections = {"progress": {"k": torch.tensor(self.k)}}
+        recipe = torch.tensor(list(json.dumps(asdict(self.recipe)).encode()), dtype=torch.uint8)
+        sections = {"progress": {"k": torch.tensor(self.k)}, "recipe": {"json": recipe}}
         if self.target is not None:
             sections["target"] = {k: v.detach().cpu() for k, v in self.target.state_dict().items()}
         return sections
 
     def load_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        recorded = state.get("recipe")  # absent from runs interrupted before the recipe was saved: taken on trust
+        saved = json.loads(bytes(recorded["json"].tolist())) if recorded else asdict(self.recipe)
+        differ = [name for name, value in asdict(self.recipe).items() if saved.get(name) != value]
+        if differ:
+            raise DifflabError(f"--resume: the run was saved with another consistency recipe ({', '.join(differ)}); "
+                               f"give the flags it was started with")
         self.k = int(state["progress"]["k"])
         if "target" in state:
             self.target.load_state_dict(state["target"])

@@ -1,5 +1,6 @@
 """Running a distillation on the one trainer: the frozen teacher (referred to, never copied), the student's config
-and initial weights, and the finished student component."""
+and initial weights, and the finished student component. An interrupted run (Ctrl-C, SIGTERM) saves its whole state;
+the same command with `resume` continues it exactly (its budget, --steps and --minutes, may change)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from difflab.errors import DifflabError
 from difflab.grids import make_grid
 from difflab.model import load_model
 from difflab.nets import build_network
-from difflab.train.checkpoint import ComponentRef, build_denoiser, save_checkpoint
+from difflab.train.checkpoint import (Checkpoint, ComponentRef, build_denoiser, load_checkpoint, save_checkpoint,
+                                     unfinished_run)
 from difflab.train.config import ExperimentConfig
 from difflab.train.loop import TrainingLoop
 from difflab.train.objective import Objective
@@ -69,13 +71,45 @@ def student_net(config: ExperimentConfig, init: Teacher | None) -> torch.nn.Modu
     return net.to(memory_format=torch.channels_last)
 
 
-def train_student(objective: Objective, config: ExperimentConfig, out: str | Path, progress: bool = True) -> Path:
+def differences(ours: dict, theirs: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts."""
+    found = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(prefix + key)
+    return found
+
+
+def check_same_run(saved: Checkpoint, path: Path, config: ExperimentConfig, objective: Objective) -> None:
+    """Refuse, in one line, to resume a run saved at `path` that this command would not have started: another config
+    (but for the budget) or another frozen teacher."""
+    budget = {"steps": saved.config.train.steps, "minutes": saved.config.train.minutes}
+    differ = differences(replace(config, train=replace(config.train, **budget)).to_dict(), saved.config.to_dict())
+    if differ:
+        raise DifflabError(f"--resume: the run saved at {path} has other settings ({', '.join(differ)}); give the "
+                           f"flags it was started with (only --steps and --minutes may change)")
+    if saved.refs != objective.frozen:
+        raise DifflabError(f"--resume: the run saved at {path} distils another teacher (or the teacher file has "
+                           f"changed since); give its --teacher")
+
+
+def train_student(objective: Objective, config: ExperimentConfig, out: str | Path, progress: bool = True,
+                  resume: bool = False) -> Path:
     """Run the objective on the teacher's data and write OUT/student.safetensors: the student's weights and EMA,
-    its config, and the frozen teacher referred to by path and sha256."""
+    its config, and the frozen teacher referred to by path and sha256. `resume` continues the interrupted run saved
+    there exactly."""
     train = config.train
+    saved = unfinished_run(Path(out) / CHECKPOINT, "denoiser") if resume else None
+    if saved is not None:
+        check_same_run(saved, Path(out) / CHECKPOINT, config, objective)
     data = load_dataset(train.data, "train", train.data_root, seed=train.seed)
     loop = TrainingLoop(objective, data, train, Path(out), kind="denoiser", config=config,
                         checkpoint_name=CHECKPOINT, progress=progress)
+    if saved is not None:
+        loop.restore(saved)
     loop.run()
     path = Path(out) / CHECKPOINT
     save_checkpoint(path, config, loop.step, model=objective.module, ema=loop.ema.model, refs=objective.frozen)
@@ -83,7 +117,8 @@ def train_student(objective: Objective, config: ExperimentConfig, out: str | Pat
 
 
 def distill_consistency(teacher_path: str | Path, out: str | Path, recipe: ConsistencyRecipe, budget: Budget, *,
-                        init: str = "teacher", prediction: str | None = None, progress: bool = True) -> Path:
+                        init: str = "teacher", prediction: str | None = None, progress: bool = True,
+                        resume: bool = False) -> Path:
     """Consistency distillation (Song et al. 2023, Alg. 2) of the teacher; the student starts from its weights
     (init "teacher") or from scratch, its network predicting `prediction` (default the teacher's) inside the
     consistency scalings."""
@@ -93,11 +128,11 @@ def distill_consistency(teacher_path: str | Path, out: str | Path, recipe: Consi
     net = student_net(config, teacher if init == "teacher" else None)
     objective = ConsistencyObjective(build_denoiser(net, config), recipe, _total(budget), teacher=teacher.denoiser,
                                      teacher_ref=teacher.ref)
-    return train_student(objective, config, out, progress)
+    return train_student(objective, config, out, progress, resume)
 
 
 def train_consistency(config: ExperimentConfig, out: str | Path, recipe: ConsistencyRecipe, budget: Budget, *,
-                      progress: bool = True) -> Path:
+                      progress: bool = True, resume: bool = False) -> Path:
     """Consistency training from data alone (Song et al. 2023, Alg. 3; iCT with the improved recipe)."""
     if config.precond.kind == "consistency":
         raise DifflabError("--config: give the diffusion config (vp or edm); the consistency scalings wrap it")
@@ -107,7 +142,7 @@ def train_consistency(config: ExperimentConfig, out: str | Path, recipe: Consist
     sigma_min = build_denoiser(build_network(config.network), config).sigma_min
     config = consistency_config(config, budget, sigma_min)
     objective = ConsistencyObjective(build_denoiser(student_net(config, None), config), recipe, _total(budget))
-    return train_student(objective, config, out, progress)
+    return train_student(objective, config, out, progress, resume)
 
 
 def consistency_config(base: ExperimentConfig, budget: Budget, sigma_min: float) -> ExperimentConfig:
@@ -123,9 +158,10 @@ def _total(budget: Budget) -> int:
 
 def distill_progressive(teacher_path: str | Path, out: str | Path, rounds: int, teacher_steps: int, budget: Budget,
                         *, grid: str | None = None, prediction: str | None = None,
-                        progress: bool = True) -> list[Path]:
+                        progress: bool = True, resume: bool = False) -> list[Path]:
     """`rounds` rounds of progressive distillation from the teacher's `teacher_steps`-step DDIM grid, halving it
-    each round; round r writes OUT/round_r/student.safetensors (its teacher: round r - 1's student)."""
+    each round; round r writes OUT/round_r/student.safetensors (its teacher: round r - 1's student). `resume` keeps
+    the rounds finished before the interrupt and continues the interrupted one exactly."""
     if rounds < 1:
         raise DifflabError(f"--rounds must be >= 1, got {rounds}")
     if teacher_steps % 2**rounds:
@@ -146,7 +182,12 @@ def distill_progressive(teacher_path: str | Path, out: str | Path, rounds: int, 
                          student_grid=StudentGrid(kind, steps, tuple(student_sigmas.tolist())))
         net = student_net(config, teacher)
         objective = ProgressiveObjective(build_denoiser(net, config), teacher.denoiser, sigmas, teacher.ref)
-        path = train_student(objective, config, Path(out) / f"round_{r}", progress)
+        path = Path(out) / f"round_{r}" / CHECKPOINT
+        saved = load_checkpoint(path) if resume and path.is_file() else None
+        if saved is not None and saved.optimizer_groups is None:  # a round finished before the interrupt
+            check_same_run(saved, path, config, objective)
+        else:  # the interrupted round continues; those after it start afresh
+            train_student(objective, config, path.parent, progress, resume=resume and (r == 1 or saved is not None))
         paths.append(path)
         teacher, sigmas = load_teacher(path), student_sigmas
     return paths

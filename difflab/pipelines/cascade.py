@@ -16,7 +16,8 @@ import torch
 from difflab.conditioning import Condition
 from difflab.errors import DifflabError
 from difflab.lowres import UpsampleMode, augment, upsample
-from difflab.pipelines.request import Plan
+from difflab.pipelines.conditions import accepted
+from difflab.pipelines.request import Plan, Request
 from difflab.samplers.common import randn_like
 from difflab.train.config import ExperimentConfig
 
@@ -55,6 +56,19 @@ def low_res_condition(low_res: torch.Tensor, size: tuple[int, int], noise_level:
     noise = randn_like(torch.empty(up.shape, dtype=torch.float64), generators).float()
     level = torch.full((len(up),), float(noise_level))
     return {"low_res": augment(up, level, noise), "noise_level": level}
+
+
+def stage_request(request: Request, config: ExperimentConfig) -> Request:
+    """The first stage's `request` for a super-resolution stage: its class or text only where that model takes them
+    (else they reach it through the low-resolution image, and nothing is left to guide), on its own grid, from noise
+    (no start image, mask or ControlNet of the first stage's)."""
+    kinds = accepted(config)
+    label = request.label if "class" in kinds else None
+    prompt = request.prompt if "text" in kinds else None
+    guidance = request.guidance if label is not None or prompt is not None else replace(
+        request.guidance, cfg=None, negative_label=None, negative_prompt=None)
+    return replace(request, label=label, prompt=prompt, guidance=guidance, sections=None, start=None,
+                   sigma_start=None, start_noised=False, inpaint=None, controls=())
 
 
 def with_tensors(cond: Condition | None, tensors: dict[str, torch.Tensor], n: int) -> Condition:

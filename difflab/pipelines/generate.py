@@ -14,6 +14,7 @@ from difflab.distributed import init_shard
 from difflab.errors import DifflabError
 from difflab.grids import GridKind, make_grid
 from difflab.guidance import Guidance
+from difflab.pipelines.samplers import default_grid
 from difflab.pipelines.start import check_start, cut_grid, noised_start, start_rows
 from difflab.samplers import get_sampler
 from difflab.samplers.common import StepInfo, randn_like
@@ -28,7 +29,7 @@ Decode = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def generate_batches(
     denoiser: Denoiser, shape: tuple[int, ...], n: int, *, sampler: str = "ddim", steps: int = 50,
-    grid: GridKind = "trailing", sections: str | None = None, seed: int = 0, batch: int = 64,
+    grid: GridKind | None = None, sections: str | None = None, seed: int = 0, batch: int = 64,
     cond: Condition | None = None, options: dict[str, Any] | None = None, progress: bool = False,
     callback: Callable[[int, StepInfo], None] | None = None, guidance: Guidance | None = None,
     start: torch.Tensor | None = None, sigma_start: float | None = None, start_noised: bool = False,
@@ -44,7 +45,7 @@ def generate_batches(
     guidance.check(sampler, denoiser, cond)
     if inpaint is not None:
         inpaint.check(sampler)
-    sigmas = make_grid(denoiser.schedule, steps, grid, sections)
+    sigmas = make_grid(denoiser.schedule, steps, grid or default_grid(sampler, denoiser.default_grid), sections)
     if start is not None or sigma_start is not None:
         check_start(start, sigma_start, n, shape)
         sigmas = cut_grid(sigmas, sigma_start)
@@ -80,6 +81,7 @@ def generate_batches(
 def generate(denoiser: Denoiser, shape: tuple[int, ...], n: int, **arguments: Any) -> torch.Tensor:
     """n samples of one example `shape`; sample i depends only on seed + i (not on the batch size).
 
+    `grid` None is the sampler's default grid on the model (difflab.pipelines.samplers.default_grid).
     `cond` holds n rows (one per sample) or is None for unconditional sampling; `guidance` (CFG, classifier,
     thresholding) wraps the denoiser batch by batch, its negative condition sliced like `cond`. Sampling starts from
     prior noise at the grid's noisiest level, or from `start` [n or 1, *shape] at level `sigma_start`, below it: the

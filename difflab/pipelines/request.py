@@ -38,7 +38,7 @@ CONDITION_FIELDS = {"label": "class", "prompt": "text"}  # Request (and Guidance
 @dataclass(frozen=True)
 class Request:
     """What to generate. `sampler` is a difflab sampler or a web UI name ("DPM++ 2M Karras"); `grid` None is the one
-    the name implies (trailing for difflab's names); `options` are the sampler's keyword options (eta, s_churn, ...).
+    the name implies (a difflab sampler: its default); `options` are the sampler's keyword options (eta, s_churn, ...).
     Sample i uses seed + i. `start` [n or 1, *shape] and `sigma_start` begin sampling from a start image (img2img)."""
 
     label: int | None = None
@@ -97,13 +97,13 @@ def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig,
     `decode` of its Model): each field it cannot honour is a RequestError naming the field in the caller's `dialect`.
     The web UI's fields that a model cannot use are dropped instead, each with a warning."""
     request, warnings = drop_unusable(request, config, dialect) if dialect.web_ui else (request, ())
-    sampler, options = choose_sampler(request.sampler, request.grid, request.sections, request.options, denoiser,
-                                      dialect)
+    student = config.student_grid  # a progressive-distillation student (difflab.distill.progressive): on its grid
+    grid = request.grid or (None if student is None else student.kind)
+    sampler, options = choose_sampler(request.sampler, grid, request.sections, request.options, denoiser, dialect)
     try:
         make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections)
     except DifflabError as err:
         raise dialect.error("steps", str(err)) from None
-    student = config.student_grid  # a progressive-distillation student (difflab.distill.progressive)
     reason = None if student is None else student.check(
         make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections), sampler.sampler)
     if reason is not None:

@@ -1,6 +1,6 @@
 """The sampler a request names, the grid it runs on, and the sampler options it may pass.
 
-A name is a difflab sampler (`difflab samplers`, on the trailing grid unless a grid is given) or one of the
+A name is a difflab sampler (`difflab samplers`, on its default grid unless a grid is given) or one of the
 AUTOMATIC1111 web UI's names ("DPM++ 2M Karras"), each of which stands for a difflab sampler on a grid; a web UI name
 may end in a scheduler's label ("Euler a Karras", as the UI's v1.9+ infotexts and clients write it).
 
@@ -21,8 +21,29 @@ from difflab.grids import GridKind
 from difflab.pipelines.dialect import Dialect
 from difflab.samplers import SAMPLERS
 
-DEFAULT_GRID: GridKind = "trailing"  # of a difflab sampler named without a grid, on a discrete schedule
+DEFAULT_GRID: GridKind = "trailing"  # of a difflab sampler named without a grid and not in SAMPLER_GRIDS
 SIGMA_GRIDS = ("karras", "log_snr")  # grids spaced in sigma, which need no timestep table
+# Each sampler's own grid on a discrete schedule (bench/sampler_defaults.py, docs/sampler_defaults.json): the grid of
+# lowest FD at 10 steps on the bundled model where it beats trailing (the default before) by more than twice the
+# paired-bootstrap std of the gap, else trailing. euler and dpm_solver_1 take DDIM's update, euler_ancestral DDPM's
+# (fixed variance) and paradigms_X reproduces X: each has the grid of the sampler it equals.
+SAMPLER_GRIDS: dict[str, GridKind] = {
+    "ddim": "trailing", "euler": "trailing", "dpm_solver_1": "trailing", "paradigms_ddim": "trailing",
+    "ddpm": "trailing", "euler_ancestral": "trailing", "paradigms_ddpm": "trailing",
+    "dpmpp_2m": "karras", "paradigms_dpmpp_2m": "karras", "dpmpp_2m_sde": "karras", "dpmpp_3m": "trailing",
+    "heun": "trailing", "dpm_solver_2": "trailing", "dpm_solver_3": "karras", "dpmpp_2s": "linspace",
+}
+
+
+def on_model(grid: GridKind, model_grid: GridKind) -> GridKind:
+    """`grid` on a model whose default grid is `model_grid`: a model with continuous levels (`model_grid` a sigma
+    grid, EDM's karras) has no timestep table, so a timestep grid becomes the model's."""
+    return model_grid if model_grid in SIGMA_GRIDS and grid not in SIGMA_GRIDS else grid
+
+
+def default_grid(sampler: str, model_grid: GridKind = DEFAULT_GRID) -> GridKind:
+    """The grid a difflab sampler runs on unless told: its own (SAMPLER_GRIDS) on the model (on_model)."""
+    return on_model(SAMPLER_GRIDS.get(sampler, DEFAULT_GRID), model_grid)
 
 
 @dataclass(frozen=True)
@@ -159,10 +180,11 @@ def resolve_sampler(name: str, grid: GridKind | None, dialect: Dialect,
     """What `name` runs, on `grid` or else the grid the name implies: a difflab sampler (the CLI's own names win),
     else a web UI name or alias, else a web UI name with a scheduler suffix (the only names the web UI dialect takes).
 
-    `model_grid` is the model's default grid (Denoiser.default_grid): a difflab name runs on it, and on a model with
-    continuous noise levels (an EDM model: karras) a web UI name that implies timestep spacing runs on it too."""
+    `model_grid` is the model's default grid (Denoiser.default_grid): a difflab name runs on its own default
+    (default_grid), and on a model with continuous noise levels (an EDM model: karras) a name that implies timestep
+    spacing runs on the model's grid instead."""
     if not dialect.web_ui and name in SAMPLERS:
-        return SamplerName(name, name, grid or model_grid)
+        return SamplerName(name, name, grid or default_grid(name, model_grid))
     offered = offered_samplers()
     web_ui_names = ", ".join(entry.name for entry in offered)
     valid = web_ui_names if dialect.web_ui else f"{', '.join(sorted(SAMPLERS))} or a web UI name ({web_ui_names})"
@@ -179,8 +201,7 @@ def resolve_sampler(name: str, grid: GridKind | None, dialect: Dialect,
     if matches[0].sampler not in SAMPLERS:
         raise dialect.refuse("sampler", f"{name!r} needs sampler {matches[0].sampler!r}, which difflab does not have "
                                         f"yet; choose from {valid}")
-    implied = model_grid if model_grid in SIGMA_GRIDS and matches[0].grid not in SIGMA_GRIDS else matches[0].grid
-    return replace(matches[0], grid=grid or implied)
+    return replace(matches[0], grid=grid or on_model(matches[0].grid, model_grid))
 
 
 def sampler_options(sampler: SamplerName) -> set[str]:

@@ -32,6 +32,7 @@ from difflab.serve.schemas import (MAX_BODY_BYTES, GenerationResponse, Img2ImgRe
                                    PngInfoRequest, PngInfoResponse, ProgressResponse, ProgressState, SamplerItem,
                                    TaskProgressRequest, TaskProgressResponse, Txt2ImgRequest, describe_error)
 from difflab.serve.stages import with_stages
+from difflab.serve.upscalers import UpscalerCatalog
 from difflab.serve.worker import Job, QueueFull, Worker
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -48,7 +49,8 @@ USAGE = """\
   (`karras` or `Karras`), an alias, or a scheduler suffix in `sampler_name` ("Euler a Karras"). An unknown name falls
   back to the default with a warning in `info.warnings` (422 on a server run with `--strict-names`).
 - **Sizes.** Images are made at the model's size; another `width`/`height` (up to 2048) is served by resizing them
-  with `hr_upscaler` (GET /sdapi/v1/upscalers; default Lanczos), or, with difflab's own field
+  with `hr_upscaler` (GET /sdapi/v1/upscalers; default Lanczos; a super-resolution model there upscales them to its
+  own size, its augmentation level `difflab_hr_noise_level`), or, with difflab's own field
   `"difflab_size_by": "model"`, by running a U-Net at that size. `info.size_by` and the PNG text say which.
 - **Models.** GET /sdapi/v1/sd-models lists the checkpoints; POST /sdapi/v1/options with `sd_model_checkpoint`, or a
   request's `override_settings`, switches between requests, never during one.
@@ -74,9 +76,11 @@ ERRORS = {422: {"description": "a field out of range, or something the model can
 
 def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue_size: int = 4,
                catalog: Catalog | None = None, strict_names: bool = False, flags: dict[str, Any] | None = None,
-               adapters: Adapters | None = None, controlnets: ControlNetCatalog | None = None) -> FastAPI:
+               adapters: Adapters | None = None, controlnets: ControlNetCatalog | None = None,
+               upscalers: UpscalerCatalog | None = None) -> FastAPI:
     """An app serving `model` (current among those of `catalog`): one generation at a time, `queue_size` more may wait,
-    the rest get 503. `strict_names` refuses unknown sampler, scheduler and upscaler names instead of falling back."""
+    the rest get 503. `strict_names` refuses unknown sampler, scheduler and upscaler names instead of falling back;
+    `upscalers` are the super-resolution models hr_upscaler may name."""
     worker = Worker(queue_size)
     catalog = catalog or Catalog(model)
     settings = {"live_previews_enable": True}
@@ -97,7 +101,8 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
     app.include_router(adapter_routes(adapters, lambda: catalog.current))
     controlnets = controlnets or ControlNetCatalog()
     app.include_router(controlnet_routes(controlnets, lambda: catalog.current))  # sd-webui-controlnet's routes
-    app.include_router(listings(flags or {}))
+    upscalers = upscalers or UpscalerCatalog()
+    app.include_router(listings(flags or {}, upscalers.models))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -146,9 +151,9 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         """Generate batch_size * n_iter images; image i uses seed + i, so a seed reproduces its image exactly."""
         served = await served_by(body)
         prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
-        plan = plan_txt2img(body.model_copy(update={"prompt": prompt}), served, strict_names, controlnets)
+        plan = plan_txt2img(body.model_copy(update={"prompt": prompt}), served, strict_names, controlnets, upscalers)
         refiner = None if body.refiner_checkpoint is None else await load(body.refiner_checkpoint, "refiner_checkpoint")
-        plan = with_stages(plan, refiner)  # enable_hr, refiner_checkpoint (difflab.serve.stages)
+        plan = await asyncio.to_thread(with_stages, plan, refiner, upscalers)  # enable_hr, refiner_checkpoint
         return await generated(body, served, plan, loras, lora_warnings, run_plan)
 
     @app.post("/sdapi/v1/img2img", response_model=GenerationResponse, responses=ERRORS)
@@ -157,7 +162,7 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         served = await served_by(body)
         prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
         edit = await asyncio.to_thread(plan_img2img, body.model_copy(update={"prompt": prompt}), served, strict_names,
-                                       controlnets=controlnets)
+                                       controlnets=controlnets, upscalers=upscalers)
         return await generated(body, served, edit, loras, lora_warnings, run_img2img)
 
     @app.get("/sdapi/v1/samplers", response_model=list[SamplerItem])

@@ -1,10 +1,12 @@
 """txt2img for the API: a body in the web UI's terms turned into the pipeline's Request and checked against the model
-(plan_txt2img), then sampled batch by batch, resized and encoded (run_plan)."""
+(plan_txt2img), then sampled batch by batch, resized (or upscaled by a super-resolution model) and encoded
+(run_plan)."""
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 from difflab.images import to_uint8
+from difflab.pipelines.cascade import SuperResolution
 from difflab.pipelines.dialect import WEB_UI_NEUTRAL_CFG, Dialect, RequestError
 from difflab.pipelines.guidance import GuidanceRequest
 from difflab.pipelines.request import Plan, Request, plan_request
@@ -24,6 +27,7 @@ from difflab.serve.names import resolve_names, schedule_type
 from difflab.serve.resize import model_shape_at, resize
 from difflab.serve.schemas import IGNORED_FIELDS, MAX_SEED, Txt2ImgRequest
 from difflab.serve.stages import Stages
+from difflab.serve.upscalers import UpscalerCatalog, unused_noise_level
 from difflab.serve.worker import Job
 
 # the web UI's names of the Request fields whose names differ (a class-only model's class is its prompt)
@@ -56,6 +60,10 @@ class Txt2Img:
     size_by: str | None  # how another size than the model's was made: "upscaler", "model", or None (the model's)
     warnings: tuple[str, ...]
     stages: Stages | None = None  # the hires fix and a refiner (difflab.serve.stages)
+    # an hr_upscaler that is a super-resolution model (difflab.serve.upscalers): a batch's request -> its stage, and
+    # its augmentation level
+    super_resolution: Callable[[Request], SuperResolution] | None = None
+    noise_level: float | None = None
 
     @property
     def prompt(self) -> str:
@@ -76,11 +84,15 @@ class Txt2Img:
     def job(self) -> Job:
         return Job(self.body.n_iter, self.body.steps, self.body.batch_size, self.body.force_task_id)
 
-    def part(self, index: int) -> Plan:
-        """The plan of batch `index` alone (its images keep their seeds), so a skipped batch leaves the rest."""
+    def part_request(self, index: int) -> Request:
+        """The request of batch `index` alone: its images keep their seeds."""
         request, size = self.plan.request, self.body.batch_size
-        part = plan_request(replace(request, n=size, seed=request.seed + index * size), self.model.denoiser,
-                            self.model.config, self.dialect, decode=self.model.decode)
+        return replace(request, n=size, seed=request.seed + index * size)
+
+    def part(self, index: int) -> Plan:
+        """The plan of batch `index` alone, so a skipped batch leaves the rest."""
+        part = plan_request(self.part_request(index), self.model.denoiser, self.model.config, self.dialect,
+                            decode=self.model.decode)
         return replace(part, shape=self.plan.shape)
 
 
@@ -97,8 +109,9 @@ def default_cfg_scale(model: ServedModel) -> float:
 
 
 def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = False,
-                 controlnets: ControlNetCatalog | None = None) -> Txt2Img:
-    """Everything the model cannot honour is a RequestError naming the field; what it ignores becomes a warning."""
+                 controlnets: ControlNetCatalog | None = None, upscalers: UpscalerCatalog | None = None) -> Txt2Img:
+    """Everything the model cannot honour is a RequestError naming the field; what it ignores becomes a warning.
+    Another width x height is made by hr_upscaler: a resize method, or one of the super-resolution `upscalers`."""
     dialect = web_ui_dialect(model)
     width, height = body.width or model.width, body.height or model.height
     other_size = (width, height) != (model.width, model.height)
@@ -107,8 +120,12 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
         raise RequestError("difflab_size_by", f"difflab_size_by model runs a pixel U-Net at another size; model "
                                               f"{model.name} samples latents, so another size is made by hr_upscaler")
     shape = model_shape_at(model.config, width, height, model.name) if by_model else tuple(model.config.data_shape)
+    resizing, upscalers = other_size and not by_model, upscalers or UpscalerCatalog()
+    sr = upscalers.find(body.hr_upscaler) if resizing and body.hr_upscaler and not body.enable_hr else None
+    if sr is None and body.difflab_hr_noise_level is not None and not body.enable_hr:
+        raise unused_noise_level()
     names = resolve_names(body.sampler_name or body.sampler_index, body.scheduler, body.hr_upscaler,
-                          other_size and not by_model, dialect, strict_names)
+                          resizing and sr is None, dialect, strict_names)
     cfg_scale = default_cfg_scale(model) if body.cfg_scale is None else body.cfg_scale
     unguided = []  # the UI's clients always send a cfg_scale (7 by default), as they send a prompt
     if model.conditioning == "none" and cfg_scale != WEB_UI_NEUTRAL_CFG:
@@ -130,8 +147,13 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
     request = replace(request, controls=controls)
     plan = replace(plan_request(request, model.denoiser, model.config, dialect, decode=model.decode), shape=shape)
     size_by = "model" if by_model else "upscaler" if other_size else None
-    return Txt2Img(body, model, plan, dialect, cfg_scale, width, height, names.upscaler, size_by,
-                   (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings, *control_warnings))
+    super_resolution = noise_level = None
+    if sr is not None:
+        noise_level = body.difflab_hr_noise_level or 0.0
+        super_resolution = upscalers.upscaler(sr, plan, model.shape, (height, width), noise_level, dialect)
+    return Txt2Img(body, model, plan, dialect, cfg_scale, width, height, names.upscaler if sr is None else sr.name,
+                   size_by, (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings,
+                             *control_warnings), super_resolution=super_resolution, noise_level=noise_level)
 
 
 def options_of(body: Txt2ImgRequest, sampler: SamplerName, dialect: Dialect) -> tuple[dict[str, float], list[str]]:
@@ -193,19 +215,24 @@ def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:
         job.skipped = False  # a skip asked for between batches is dropped, as in the UI
         try:
             part, report = txt2img.part(index), lambda _, step, index=index: job.report(index, step)
-            batches.extend(part.batches(callback=report) if txt2img.stages is None
-                           else txt2img.stages.batches(part, model.config, report))
+            done = (part.batches(callback=report) if txt2img.stages is None
+                    else txt2img.stages.batches(part, model.config, report))
+            if txt2img.super_resolution is not None:  # hr_upscaler is a super-resolution model
+                stage = txt2img.super_resolution(txt2img.part_request(index))
+                done = (stage.run(batch) for batch in done)
+            batches.extend(done)
             seeds.extend(range(plan.request.seed + index * body.batch_size,
                                plan.request.seed + (index + 1) * body.batch_size))
         except Interrupted:
             if job.interrupted:
                 break
     images = to_uint8(torch.cat(batches)) if batches else np.zeros((0, *plan.shape[1:]), np.uint8)
-    if txt2img.upscaler is not None:
+    if txt2img.upscaler is not None and txt2img.super_resolution is None:
         images = resize(images, txt2img.width, txt2img.height, txt2img.upscaler)
     prompt, negative_prompt = txt2img.prompt, txt2img.negative_prompt
     trained = f"{model.width}x{model.height}"
-    resized = {"upscaler": {"Upscaled from": trained, "Upscaler": txt2img.upscaler},
+    resized = {"upscaler": {"Upscaled from": trained, "Upscaler": txt2img.upscaler,
+                            "Upscaler noise level": txt2img.noise_level or None},
                "model": {"Trained size": trained}, None: {}}[txt2img.size_by]
     texts = [infotext(prompt, negative_prompt, {
         "Steps": body.steps, "Sampler": plan.sampler.name, "Schedule type": schedule_type(plan.sampler),

@@ -1,11 +1,12 @@
 """The web UI's read-only listing routes, answered in its response shapes from what difflab has: schedulers and
-upscalers (resize methods), memory, the server's flags, and empty lists where difflab has no such thing (VAEs,
-scripts, extensions, ...); LoRAs and embeddings are difflab.serve.adapters'."""
+upscalers (resize methods and super-resolution models), memory, the server's flags, and empty lists where difflab has
+no such thing (VAEs, scripts, extensions, ...); LoRAs and embeddings are difflab.serve.adapters'."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,6 +14,7 @@ from fastapi import APIRouter
 
 from difflab.pipelines.samplers import offered_schedulers
 from difflab.serve.resize import UPSCALERS
+from difflab.serve.upscalers import UpscalerModel
 
 UPSCALER_SCALE = 4  # the scale the UI lists for its Lanczos and Nearest upscalers
 EMPTY_LISTS = ("sd-vae", "extensions", "script-info", "hypernetworks", "face-restorers", "realesrgan-models",
@@ -46,8 +48,9 @@ def cuda_memory() -> dict[str, Any]:
             "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)}}
 
 
-def listings(flags: dict[str, Any]) -> APIRouter:
-    """The routes; `flags` is what GET /sdapi/v1/cmd-flags answers (the serve command's flags)."""
+def listings(flags: dict[str, Any], upscaler_models: Sequence[UpscalerModel] = ()) -> APIRouter:
+    """The routes; `flags` is what GET /sdapi/v1/cmd-flags answers (the serve command's flags), `upscaler_models`
+    the super-resolution models hr_upscaler may name (--upscaler-dir)."""
     router = APIRouter(prefix="/sdapi/v1", tags=["listings"])
 
     @router.get("/schedulers")
@@ -58,9 +61,10 @@ def listings(flags: dict[str, Any]) -> APIRouter:
 
     @router.get("/upscalers")
     async def upscalers() -> list[dict]:
-        """The resize methods a request's hr_upscaler names (images are resized with Pillow)."""
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": UPSCALER_SCALE}
-                for name in UPSCALERS]
+        """The resize methods a request's hr_upscaler names (images are resized with Pillow), then the
+        super-resolution models it may name (--upscaler-dir)."""
+        return [*({"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": UPSCALER_SCALE}
+                  for name in UPSCALERS), *(model.item() for model in upscaler_models)]
 
     @router.get("/scripts")
     async def scripts() -> dict:

@@ -19,6 +19,10 @@ class StageFields(BaseModel):
     hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="hires fix: the second pass's steps (0: steps)")
     denoising_strength: float = Field(0.75, ge=0, le=1, description="hires fix: the second pass's strength; the "
                                       "start level follows img2img's rule")
+    difflab_hr_noise_level: float | None = Field(None, ge=0, description="difflab's own field: with an hr_upscaler "
+                                                 "that is a super-resolution model (in the hires fix or to another "
+                                                 "width x height), the noise-conditioning augmentation level of its "
+                                                 "low-resolution input (default 0)")
     refiner_checkpoint: str | None = Field(None, description="a checkpoint from GET /sdapi/v1/sd-models that takes "
                                            "over the low-noise end of the trajectory (difflab.pipelines.refiner)")
     refiner_switch_at: float | None = Field(None, ge=0, le=1, description="the share of the trajectory the model "

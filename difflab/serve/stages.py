@@ -1,5 +1,6 @@
 """txt2img's multi-stage fields on the server: the hires fix (enable_hr, hr_scale, hr_resize_x/y,
-hr_second_pass_steps, hr_upscaler, denoising_strength) and the refiner (refiner_checkpoint, refiner_switch_at),
+hr_second_pass_steps, hr_upscaler: interpolation or a super-resolution model of difflab.serve.upscalers,
+denoising_strength) and the refiner (refiner_checkpoint, refiner_switch_at),
 checked when a request is planned and run batch by batch on the pipelines' stages (difflab.pipelines.hires,
 difflab.pipelines.refiner)."""
 
@@ -12,12 +13,14 @@ from typing import Any
 import torch
 
 from difflab.errors import DifflabError
+from difflab.pipelines.cascade import SuperResolution
 from difflab.pipelines.dialect import RequestError
-from difflab.pipelines.hires import Hires, hires_size, plan_hires, run_hires
+from difflab.pipelines.hires import MODEL_UPSCALER, Hires, hires_size, plan_hires, run_hires
 from difflab.pipelines.refiner import Refined, check_refiner
-from difflab.pipelines.request import Plan
+from difflab.pipelines.request import Plan, Request
 from difflab.samplers.common import StepInfo
 from difflab.serve.model import ServedModel
+from difflab.serve.upscalers import UpscalerCatalog, unused_noise_level
 
 # hr_upscaler names the hires fix takes -> interpolation mode. The UI's latent upscalers interpolate the latents
 # (modules/shared.py latent_upscale_modes; its default is "Latent", bilinear); a pixel model's samples are its latents.
@@ -32,9 +35,11 @@ class Stages:
     """What a txt2img body asks for beyond one pass: the hires fix and/or a refiner."""
 
     hires: Hires | None
-    hires_upscaler: str | None  # the name as asked
+    hires_upscaler: str | None  # the name as asked (a super-resolution model: as listed)
     refiner: ServedModel | None
     switch_at: float | None
+    super_resolution: Callable[[Request], SuperResolution] | None = None  # a batch's request -> its SR stage
+    noise_level: float | None = None  # the super-resolution upscaler's augmentation level
 
     def plan(self, plan: Plan) -> Plan:
         """The one-pass plan with its denoiser handing over to the refiner."""
@@ -46,7 +51,8 @@ class Stages:
         plan = self.plan(plan)
         if self.hires is None:
             return plan.batches(callback=callback)
-        return iter([run_hires(plan, config, self.hires).samples])
+        upscaler = None if self.super_resolution is None else self.super_resolution(plan.request)
+        return iter([run_hires(plan, config, self.hires, upscaler=upscaler).samples])
 
     def infotext(self) -> dict[str, Any]:
         """The UI's extra generation parameters for these stages."""
@@ -59,23 +65,30 @@ class Stages:
                 text["Hires upscale"] = f"{self.hires.scale:g}"
             text["Hires steps"] = self.hires.steps or None
             text["Hires upscaler"] = self.hires_upscaler
+            text["Hires noise level"] = self.noise_level or None  # difflab's: a super-resolution upscaler's level
         if self.refiner is not None:
             text["Refiner"] = self.refiner.name
             text["Refiner switch at"] = self.switch_at
         return text
 
 
-def plan_stages(txt2img, refiner: ServedModel | None) -> tuple[Stages | None, int, int]:
+def plan_stages(txt2img, refiner: ServedModel | None,
+                upscalers: UpscalerCatalog | None = None) -> tuple[Stages | None, int, int]:
     """The stages a planned txt2img's body asks for, checked against its model (and the loaded
-    `refiner_checkpoint`), and the size of the images answered; a field that cannot be honoured is a RequestError
-    naming it."""
+    `refiner_checkpoint`, and the super-resolution models of `upscalers`), and the size of the images answered; a
+    field that cannot be honoured is a RequestError naming it."""
     body, model, plan = txt2img.body, txt2img.model, txt2img.plan
+    upscalers = upscalers or UpscalerCatalog()
     if body.refiner_switch_at is not None and refiner is None:
         raise RequestError("refiner_switch_at", "refiner_switch_at goes with refiner_checkpoint")
+    sr = upscalers.find(body.hr_upscaler) if body.enable_hr and body.hr_upscaler not in (None, *HIRES_UPSCALERS) \
+        else None
+    if body.enable_hr and body.difflab_hr_noise_level is not None and sr is None:
+        raise unused_noise_level()
     height, width = plan.shape[-2:]
     if not body.enable_hr and refiner is None:
         return None, width, height
-    hires = upscaler = None
+    hires = upscaler = sr_stage = noise_level = None
     if body.enable_hr:
         if model.decode is not None:
             raise RequestError("enable_hr", f"enable_hr runs on pixel models; model {model.name} is a latent model")
@@ -87,16 +100,20 @@ def plan_stages(txt2img, refiner: ServedModel | None) -> tuple[Stages | None, in
                                             f"({model.width}x{model.height}); leave width and height out and set "
                                             f"hr_scale or hr_resize_x / hr_resize_y")
         upscaler = body.hr_upscaler or DEFAULT_HIRES_UPSCALER
-        if upscaler not in HIRES_UPSCALERS:
+        if upscaler not in HIRES_UPSCALERS and sr is None:
+            offered = [*HIRES_UPSCALERS, *(m.name for m in upscalers.models)]
             raise RequestError("hr_upscaler", f"unknown hires upscaler {upscaler!r}: with enable_hr, hr_upscaler must "
-                                              f"be one of {', '.join(HIRES_UPSCALERS)}")
+                                              f"be one of {', '.join(offered)}")
         hires = Hires(body.hr_scale, body.hr_resize_x, body.hr_resize_y, body.denoising_strength,
-                      body.hr_second_pass_steps, HIRES_UPSCALERS[upscaler])
+                      body.hr_second_pass_steps, HIRES_UPSCALERS.get(upscaler, MODEL_UPSCALER))
         try:
             plan_hires(plan, model.config, hires)
         except DifflabError as err:
             raise RequestError("hr_scale", str(err)) from None
         height, width = hires_size(*plan.shape[-2:], hires).target
+        if sr is not None:
+            upscaler, noise_level = sr.name, body.difflab_hr_noise_level or 0.0
+            sr_stage = upscalers.upscaler(sr, plan, plan.shape, (height, width), noise_level, txt2img.dialect)
     switch_at = None
     if refiner is not None:
         switch_at = DEFAULT_SWITCH_AT if body.refiner_switch_at is None else body.refiner_switch_at
@@ -106,11 +123,11 @@ def plan_stages(txt2img, refiner: ServedModel | None) -> tuple[Stages | None, in
         except DifflabError as err:
             raise RequestError("refiner_checkpoint", str(err).replace("--refiner-switch-at", "refiner_switch_at")
                                .replace("--refiner", "refiner_checkpoint")) from None
-    return Stages(hires, upscaler, refiner, switch_at), width, height
+    return Stages(hires, upscaler, refiner, switch_at, sr_stage, noise_level), width, height
 
 
-def with_stages(txt2img, refiner: ServedModel | None):
+def with_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog | None = None):
     """A planned txt2img (difflab.serve.generation.Txt2Img) with the stages its body asks for, answering at their
     size."""
-    stages, width, height = plan_stages(txt2img, refiner)
+    stages, width, height = plan_stages(txt2img, refiner, upscalers)
     return txt2img if stages is None else replace(txt2img, stages=stages, width=width, height=height)

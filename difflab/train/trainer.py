@@ -134,11 +134,12 @@ class Trainer:
         return self.loop.save()
 
     def sample_grid(self) -> Path:
-        """Samples from the EMA weights at a fixed seed (no effect on the training RNG streams)."""
+        """Samples from the EMA weights at a fixed seed, DDIM on its default grid (no effect on the training RNG
+        streams)."""
         ema = build_denoiser(self.ema.model, self.config)
         n = 2000 if self.data.kind == "points" else 64
         x = generate(ema, self.config.data_shape, n, sampler="ddim", steps=self.config.train.sample_steps,
-                     grid=ema.default_grid, seed=1234, batch=n,
+                     seed=1234, batch=n,
                      decode=None if self.latent is None else self.latent.decode)
         path = self.out / "samples" / f"step_{self.step:07d}.png"
         save_samples(x, path, title=f"{self.data.name}, step {self.step}")

@@ -1,0 +1,83 @@
+"""Each sampler's default grid (SAMPLER_GRIDS, measured by bench/sampler_defaults.py): listed by `difflab samplers`,
+used when no grid is named, overridden by an explicit grid, and a sigma grid on a model with continuous levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import TINY_UNET, write_random_model
+
+from difflab.cli import main
+from difflab.denoiser import Denoiser, EDMConfig, EDMPrecond
+from difflab.pipelines.dialect import CLI
+from difflab.pipelines.generate import generate
+from difflab.pipelines.request import Request, plan_request
+from difflab.pipelines.samplers import (
+    DEFAULT_GRID,
+    SAMPLER_GRIDS,
+    SIGMA_GRIDS,
+    default_grid,
+    resolve_sampler,
+)
+from difflab.samplers import SAMPLERS
+from difflab.train.checkpoint import load_denoiser
+
+# a sampler whose measured default is not the fallback, so that using the default shows in the samples
+MOVED = next(name for name, grid in SAMPLER_GRIDS.items() if grid != DEFAULT_GRID)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = write_random_model(tmp_path_factory.mktemp("defaults") / "model.safetensors",
+                              {"network": TINY_UNET, "schedule": {"kind": "linear", "timesteps": 100},
+                               "data_shape": [1, 16, 16]})
+    return path, *load_denoiser(path)
+
+
+def test_every_default_is_a_registered_sampler_on_a_grid_without_sections():
+    assert set(SAMPLER_GRIDS) <= set(SAMPLERS)
+    assert all(grid != "respaced" for grid in SAMPLER_GRIDS.values())
+
+
+def test_samplers_command_lists_each_default(capsys):
+    assert main(["samplers"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:] if line.split()}
+    for name in SAMPLERS:
+        assert rows[name][4] == default_grid(name), name
+    assert rows[MOVED][4] == SAMPLER_GRIDS[MOVED]
+
+
+def test_a_sampler_named_without_a_grid_runs_on_its_default(tiny):
+    _, denoiser, checkpoint = tiny
+    for name in SAMPLERS:
+        assert resolve_sampler(name, None, CLI, denoiser.default_grid).grid == SAMPLER_GRIDS.get(name, DEFAULT_GRID)
+    plan = plan_request(Request(sampler=MOVED, steps=4), denoiser, checkpoint.config)
+    assert plan.sampler.grid == SAMPLER_GRIDS[MOVED]
+    run = {"sampler": MOVED, "steps": 4, "seed": 3}
+    own = generate(denoiser, (1, 16, 16), 2, **run)
+    assert torch.equal(own, generate(denoiser, (1, 16, 16), 2, grid=SAMPLER_GRIDS[MOVED], **run))
+    assert not torch.equal(own, generate(denoiser, (1, 16, 16), 2, grid=DEFAULT_GRID, **run))
+
+
+def test_an_explicit_grid_wins(tiny, tmp_path, capsys):
+    path = tiny[0]
+    images = {}
+    for grid in (None, SAMPLER_GRIDS[MOVED], DEFAULT_GRID):
+        out = tmp_path / f"{grid}.npz"
+        assert main(["sample", str(path), "--sampler", MOVED, "--steps", "4", "--n", "2", "--threads", "1",
+                     "--out", str(out), *([] if grid is None else ["--grid", grid])]) == 0
+        images[grid] = np.load(out)["images"]
+    capsys.readouterr()
+    assert np.array_equal(images[None], images[SAMPLER_GRIDS[MOVED]])
+    assert not np.array_equal(images[None], images[DEFAULT_GRID])
+    assert resolve_sampler(MOVED, "linspace", CLI).grid == "linspace"
+
+
+def test_a_model_with_continuous_levels_gets_a_sigma_grid():
+    edm = Denoiser(torch.nn.Identity(), EDMPrecond(EDMConfig()))
+    assert edm.default_grid == "karras"
+    for name in SAMPLERS:
+        grid = resolve_sampler(name, None, CLI, edm.default_grid).grid
+        own = SAMPLER_GRIDS.get(name, DEFAULT_GRID)
+        assert grid == (own if own in SIGMA_GRIDS else "karras"), name
