@@ -8,9 +8,11 @@ test set, n samples, seed 0, DPM++ 2M at 20 steps on the trailing grid; EDM mode
 
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants baseline,warmup50,lr1e-3,lr2e-3,cosine1e-3
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants baseline,combined
+    OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants vpred,minsnr5
+    OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants vpred
 
 (with MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456 set; the
-variants batch32 and edm are defined but were not run in the first ablation.)
+variants batch32 and edm are defined but were not run.)
 
 Results go to docs/recipe.json after every variant; a variant already there (same name and budget) is skipped, so
 a stopped run resumes. The measured speeds are kept there too and reused, so budgets of later calls share one
@@ -41,7 +43,7 @@ REPORT = ROOT / "docs" / "recipe.json"
 # today's recipe (configs/fashion_mnist.json before this ablation), pinned so the baseline stays fixed
 BASE = {"config": "fashion_mnist.json", "train.warmup": 500, "train.lr": 5e-4, "train.lr_decay": "constant",
         "train.ema_decay": 0.999, "train.batch": 64}
-# name: (what changed, overrides of BASE as "section.field": value, or "config": another file)
+# name: (what changed, overrides of BASE as "section.field" or a top-level "key": value, or "config": another file)
 VARIANTS = {
     "baseline": ("today's recipe: warm-up 500, lr 5e-4 constant, EMA 0.999, batch 64", {}),
     "warmup50": ("warm-up 500 -> 50", {"train.warmup": 50}),
@@ -53,6 +55,9 @@ VARIANTS = {
     "cosine1e-3": ("warm-up 50, lr 1e-3, cosine to 0 at the last step",
                    {"train.warmup": 50, "train.lr": 1e-3, "train.lr_decay": "cosine"}),
     "combined": ("warm-up 50, lr 1e-3 (the new default recipe)", {"train.warmup": 50, "train.lr": 1e-3}),
+    "vpred": ("warm-up 50, lr 1e-3, v-prediction", {"train.warmup": 50, "train.lr": 1e-3, "prediction": "v"}),
+    "minsnr5": ("warm-up 50, lr 1e-3, min-SNR-gamma 5 weighting",
+                {"train.warmup": 50, "train.lr": 1e-3, "train.min_snr_gamma": 5.0}),
 }
 EVAL_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184",
             "MALLOC_TOP_PAD_": "268435456", "OMP_NUM_THREADS": "1"}
@@ -63,8 +68,8 @@ def variant_config(name: str, steps: int) -> ExperimentConfig:
     overrides = {**BASE, **VARIANTS[name][1]}
     spec = read_json_object(CONFIGS / overrides.pop("config"), "recipe variant")
     for key, value in overrides.items():
-        section, field = key.split(".")
-        spec[section] = {**spec[section], field: value}
+        section, _, field = key.partition(".")
+        spec[section] = {**spec[section], field: value} if field else value
     config = ExperimentConfig.from_dict(spec)
     return replace(config, train=replace(config.train, steps=steps, minutes=None, checkpoint_every=steps,
                                          sample_every=10 ** 9))
