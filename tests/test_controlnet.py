@@ -223,3 +223,34 @@ def test_sample_command_takes_control_flags(tmp_path, capsys):
     assert main([*common, "--control", str(image), "--control-model", str(control_path), "--control-scale", "1",
                  "--control-scale", "2", "--out", str(out)]) == 2
     assert "one value for all or one per --control" in capsys.readouterr().err
+
+
+def test_an_interrupted_controlnet_run_resumes_exactly(tmp_path, monkeypatch):
+    from difflab.train.controlnet import ControlNetTrainConfig, train_controlnet
+    from difflab.train.loop import TrainingLoop
+
+    monkeypatch.setattr("difflab.train.loop.plot_loss", lambda *args: None)
+    base_path = write_base(tmp_path / "base.safetensors", size=28, classes=tuple(f"c{i}" for i in range(10)))
+    cfg = ControlNetTrainConfig(steps=3, batch=4, warmup=1, checkpoint_every=100, log_every=1, device="cpu")
+    straight = train_controlnet(base_path, "silhouette", cfg, tmp_path / "straight", progress=False).checkpoint
+    train_step = TrainingLoop.train_step
+
+    def interrupted(self):  # Ctrl-C before the second step
+        if self.step == 1:
+            raise KeyboardInterrupt
+        return train_step(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainingLoop, "train_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train_controlnet(base_path, "silhouette", cfg, tmp_path / "resumed", progress=False)
+    steps = []
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainingLoop, "train_step", lambda self: steps.append(self.step) or train_step(self))
+        resumed = train_controlnet(base_path, "silhouette", cfg, tmp_path / "resumed", progress=False, resume=True)
+    assert steps == [1, 2]  # continued from the saved step, not started again
+    a, b = load_checkpoint(straight, kind="controlnet"), load_checkpoint(resumed.checkpoint, kind="controlnet")
+    assert a.step == b.step == 3 and a.tensors.keys() == b.tensors.keys()
+    assert all(torch.equal(value, b.tensors[key]) for key, value in a.tensors.items())
+    with pytest.raises(DifflabError, match="finished controlnet \\(step 3\\); nothing to resume"):
+        train_controlnet(base_path, "silhouette", cfg, tmp_path / "resumed", progress=False, resume=True)

@@ -35,6 +35,7 @@ from difflab.train.checkpoint import (
     load_checkpoint,
     load_denoiser,
     save_checkpoint,
+    unfinished_run,
 )
 from difflab.train.conditions import TrainingConditions
 from difflab.train.loop import TrainingLoop
@@ -124,13 +125,8 @@ def train_controlnet(base: str | Path, control: str, cfg: ControlNetTrainConfig,
     """Train a ControlNet for the base checkpoint on `control` maps of cfg.data; writes OUT/controlnet.safetensors.
     `resume` continues an interrupted run exactly, with its own settings."""
     path = Path(out) / CHECKPOINT
-    saved = None
-    if resume:
-        if not path.is_file():
-            raise DifflabError(f"--resume: no ControlNet checkpoint at {path}")
-        saved = load_checkpoint(path, kind="controlnet")
-        if saved.optimizer_groups is None:
-            raise DifflabError(f"--resume: {path} holds a finished ControlNet (step {saved.step}); nothing to resume")
+    saved = unfinished_run(path, "controlnet") if resume else None
+    if saved is not None:
         cfg, control = saved.config.train, saved.config.network.control
         base = saved.refs["base"].check("base")  # the base it was trained against
     if control not in CONTROL_TYPES:
