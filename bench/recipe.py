@@ -11,8 +11,7 @@ test set, n samples, seed 0, DPM++ 2M at 20 steps on the trailing grid; EDM mode
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants vpred,minsnr5
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants vpred
 
-(with MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456 set; the
-variants batch32 and edm are defined but were not run.)
+(the variants batch32 and edm are defined but were not run.)
 
 Results go to docs/recipe.json after every variant; a variant already there (same name and budget) is skipped, so
 a stopped run resumes. The measured speeds are kept there too and reused, so budgets of later calls share one
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from difflab.allocator import keep_freed_memory
 from difflab.train.config import ExperimentConfig, read_json_object
 from difflab.train.trainer import CHECKPOINT, Trainer
 
@@ -59,8 +59,7 @@ VARIANTS = {
     "minsnr5": ("warm-up 50, lr 1e-3, min-SNR-gamma 5 weighting",
                 {"train.warmup": 50, "train.lr": 1e-3, "train.min_snr_gamma": 5.0}),
 }
-EVAL_ENV = {"MALLOC_MMAP_THRESHOLD_": "4294967296", "MALLOC_TRIM_THRESHOLD_": "17179869184",
-            "MALLOC_TOP_PAD_": "268435456", "OMP_NUM_THREADS": "1"}
+EVAL_ENV = {"OMP_NUM_THREADS": "1"}  # the eval command sets malloc itself (difflab.allocator)
 
 
 def variant_config(name: str, steps: int) -> ExperimentConfig:
@@ -154,6 +153,7 @@ def main() -> None:
     parser.add_argument("--report", default=str(REPORT))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory()  # training runs in this process, not through the CLI
     names = args.variants.split(",")
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:

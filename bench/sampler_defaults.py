@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from difflab.allocator import keep_freed_memory
 from difflab.commands import BUNDLED_MODEL, set_threads
 from difflab.eval.features import bundled_feature_net, extract, reference_features
 from difflab.eval.frechet import frechet_distance, gaussian_moments
@@ -203,6 +204,7 @@ def main() -> None:
     if args.bootstrap and args.save is None:
         raise SystemExit("--bootstrap reads the samples of --save FOLDER: give --save")
     set_threads(args.threads)
+    keep_freed_memory()  # sampling runs in this process, not through the CLI
     torch.set_grad_enabled(False)
 
     out = Path(args.out)
