@@ -146,6 +146,38 @@ def test_sampler_aliases_scheduler_and_sampler_index(client):
     assert info["grid"] == "karras" and "Schedule type: Karras" in info["infotexts"][0]
 
 
+def test_lcm_is_the_consistency_sampler(client):
+    """The UI's LCM (sample_lcm: x = denoised, then + sigma_next z) is difflab's consistency sampler."""
+    names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
+    assert names.index("LCM") > names.index("DDIM")  # after the k-diffusion and timestep samplers, as in the UI
+    result, info = txt2img(client, sampler_name="k_lcm", steps=2)
+    assert (info["sampler_name"], info["difflab_sampler"], info["grid"]) == ("LCM", "consistency", "trailing")
+    assert "Sampler: LCM," in info["infotexts"][0] and info["difflab_parallel"] is None
+    assert txt2img(client, sampler_name="LCM Karras", steps=2)[1]["grid"] == "karras"
+
+
+def test_parallel_samplers_by_name_window_and_tolerance(tmp_path):
+    """ParaDiGMS through the API: tolerance 0 gives the sequential sampler's images; a window reports its rounds."""
+    with TestClient(create_app(load_served_model(write_checkpoint(tmp_path / "m.safetensors", randomize=True)))) as c:
+        sequential, _ = txt2img(c, sampler_name="DPM++ 2M", steps=12, batch_size=2)
+        exact, exact_info = txt2img(c, sampler_name="ParaDiGMS DPM++ 2M", steps=12, batch_size=2,
+                                    difflab_parallel_tolerance=0, difflab_parallel_window=4)
+        loose, info = txt2img(c, sampler_name="ParaDiGMS DPM++ 2M", steps=12, batch_size=2, n_iter=2,
+                              difflab_parallel_window=12, difflab_parallel_tolerance=1)
+        ignored = txt2img(c, sampler_name="Euler", difflab_parallel_window=4)[1]
+        bad = c.post("/sdapi/v1/txt2img", json={"sampler_name": "ParaDiGMS DDIM", "difflab_parallel_tolerance": 2})
+    for a, b in zip(sequential["images"], exact["images"]):
+        assert np.abs(np.asarray(png(a), np.int16) - np.asarray(png(b), np.int16)).max() <= 1
+    assert exact_info["difflab_sampler"] == "paradigms_dpmpp_2m" and exact_info["grid"] == "linspace"
+    assert exact_info["difflab_parallel"][0]["rounds"] >= 12 // 4  # a window of 4 passes 12 steps in >= 3 rounds
+    assert "ParaDiGMS window: 4, ParaDiGMS tolerance: 0.0," in exact_info["infotexts"][0]
+    rounds = [batch["rounds"] for batch in info["difflab_parallel"]]
+    assert len(rounds) == 2 and all(1 <= r < 12 for r in rounds)  # fewer sequential calls than steps
+    assert all(batch["evaluations"] >= 12 for batch in info["difflab_parallel"])
+    assert ignored["warnings"] == ["difflab_parallel_window ignored: sampler 'Euler' does not use it"]
+    assert bad.status_code == 422 and "difflab_parallel_tolerance" in bad.text
+
+
 def test_only_registered_samplers_are_offered(client, strict_client, monkeypatch):
     monkeypatch.delitem(SAMPLERS, "heun")
     names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
@@ -153,7 +185,8 @@ def test_only_registered_samplers_are_offered(client, strict_client, monkeypatch
     _, info = txt2img(client, sampler_name="Heun")
     assert info["sampler_name"] == "Euler a" and info["warnings"] == [
         "sampler_name 'Heun' needs sampler 'heun', which difflab does not have yet; choose from Euler a, Euler, "
-        "DPM++ 2M, DPM++ 2M SDE, DPM++ 2M Karras, DPM++ 2M SDE Karras, DPM++ 2M SDE Exponential, DDIM; used 'Euler a'"]
+        "DPM++ 2M, DPM++ 2M SDE, DPM++ 2M Karras, DPM++ 2M SDE Karras, DPM++ 2M SDE Exponential, DDIM, LCM, "
+        "ParaDiGMS DDIM, ParaDiGMS DDPM, ParaDiGMS DPM++ 2M; used 'Euler a'"]
     response = strict_client.post("/sdapi/v1/txt2img", json={"sampler_name": "Heun"})
     assert response.status_code == 422 and "does not have yet" in response.json()["detail"]
     assert all(e.sampler in SAMPLERS for e in offered_samplers())

@@ -59,7 +59,11 @@ class SamplerName:
 # The UI's names (modules/sd_samplers_kdiffusion.py and sd_samplers_timesteps.py). Its "Automatic" schedule on a
 # discrete model is k-diffusion's DiscreteSchedule.get_sigmas, timesteps evenly spaced from T-1 down to 0 ("linspace");
 # "Karras" is Karras et al. 2022, Eq. 5 with rho = 7; "Exponential" is uniform in log sigma ("log_snr"); DDIM, PLMS
-# and UniPC use CompVis' uniform timestep spacing ("leading"). Only entries whose sampler is registered are offered.
+# and UniPC use CompVis' uniform timestep spacing ("leading"). The UI's LCM (modules/sd_samplers_lcm.py, listed last:
+# x = denoised, then x += sigma_next z) is multistep consistency sampling, difflab's `consistency`; its own grid (LCM's
+# 50-step subgrid) has no difflab twin, so it runs on consistency's default, trailing, whose last level is not wasted
+# on sigma_min where f(x, sigma_min) = x. The ParaDiGMS names are difflab's own, after the UI's: each runs on the grid
+# of the UI name it parallelises. Only entries whose sampler is registered are offered.
 SAMPLER_NAMES: tuple[SamplerName, ...] = (
     SamplerName("Euler a", "euler_ancestral", "linspace", ("k_euler_a", "k_euler_ancestral")),
     SamplerName("Euler", "euler", "linspace", ("k_euler",)),
@@ -85,6 +89,10 @@ SAMPLER_NAMES: tuple[SamplerName, ...] = (
     SamplerName("DDIM", "ddim", "leading", ("ddim",)),
     SamplerName("PLMS", "plms", "leading", ("plms",)),
     SamplerName("UniPC", "unipc", "leading", ("unipc",)),
+    SamplerName("LCM", "consistency", "trailing", ("k_lcm",)),
+    SamplerName("ParaDiGMS DDIM", "paradigms_ddim", "leading"),
+    SamplerName("ParaDiGMS DDPM", "paradigms_ddpm", "leading"),
+    SamplerName("ParaDiGMS DPM++ 2M", "paradigms_dpmpp_2m", "linspace"),
 )
 
 

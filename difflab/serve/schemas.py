@@ -58,6 +58,12 @@ class Txt2ImgRequest(StageFields):
     s_tmax: float | None = Field(None, description="highest sigma that gets churn; 0 or null is infinite, as in the "
                                  "web UI")
     s_noise: float | None = Field(None, description="churn noise scale (default 1); > 0")
+    difflab_parallel_window: int | None = Field(None, ge=1, le=MAX_STEPS, description="difflab's own field: the "
+                                                "ParaDiGMS samplers' window of steps evaluated in one batch (default "
+                                                "8)")
+    difflab_parallel_tolerance: float | None = Field(None, ge=0, le=1, description="difflab's own field: the "
+                                                     "ParaDiGMS samplers' tolerance on the noise scale (default 0.1; "
+                                                     "0 reproduces the sequential sampler)")
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks one at random; image i uses seed + i")
     batch_size: int = Field(1, ge=1, le=MAX_IMAGES, description="images per batch")
     n_iter: int = Field(1, ge=1, le=MAX_IMAGES, description=f"batches; batch_size * n_iter <= {MAX_IMAGES}")

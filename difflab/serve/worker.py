@@ -46,6 +46,7 @@ class Job:
         self.preview_id = 0  # counts the previews, so a client polling by task need not fetch one twice
         self.started: float | None = None  # time.monotonic() when it began running
         self.interrupted = self.skipped = False
+        self.parallel: dict[int, tuple[int, int]] = {}  # batch -> (sequential rounds, evaluations per image) so far
 
     @property
     def units(self) -> int:
@@ -61,6 +62,8 @@ class Job:
             raise Interrupted
         self.job_no, self.step, self.preview = job_no, step.i + 1, step.x0_hat[0].detach().float().clone()
         self.preview_id += 1
+        if step.rounds is not None:  # a parallel sampler (paradigms_*)
+            self.parallel[job_no] = (step.rounds, step.nfe)
 
     def seconds_left(self) -> float:
         if self.started is None or self.fraction == 0:
