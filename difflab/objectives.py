@@ -35,12 +35,14 @@ def min_snr_weight(snr: torch.Tensor, gamma: float, prediction: str) -> torch.Te
 
 def draw_noise(
     schedule, shape: tuple[int, ...], generator: torch.Generator | None, device=None, dtype=torch.float32,
-    t_sampler=None,
+    t_sampler=None, max_timestep: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The random part of a VP loss for a batch of `shape`: t [B] and eps ~ N(0, I); t ~ U{0..T-1}, or drawn by
-    t_sampler.sample(n, generator) (difflab.train.importance) where one is given."""
+    """The random part of a VP loss for a batch of `shape`: t [B] and eps ~ N(0, I); t ~ U{0..T-1} (or
+    U{0..max_timestep-1}: a refiner's levels), or drawn by t_sampler.sample(n, generator) (difflab.train.importance)
+    where one is given."""
     if t_sampler is None:
-        timestep = torch.randint(0, schedule.timesteps, (shape[0],), generator=generator, device=device)
+        high = schedule.timesteps if max_timestep is None else max_timestep
+        timestep = torch.randint(0, high, (shape[0],), generator=generator, device=device)
     else:
         timestep = t_sampler.sample(shape[0], generator).to(device)
     return timestep, torch.randn(shape, generator=generator, dtype=dtype, device=device)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from cascade_models import tiny_config, tiny_denoiser, write_tiny
+from test_training import image_config
 
 from difflab.cli import main
 from difflab.errors import DifflabError
@@ -21,6 +22,8 @@ from difflab.pipelines.refiner import Refined, completed_fraction
 from difflab.pipelines.request import Request, plan_request
 from difflab.pipelines.start import img2img_levels
 from difflab.samplers.common import StepInfo
+from difflab.train.checkpoint import load_checkpoint
+from difflab.train.trainer import Trainer
 
 RUN = {"sampler": "euler", "steps": 6, "grid": "trailing"}
 
@@ -123,6 +126,20 @@ def test_a_refiner_takes_the_levels_past_the_switch(model):
     assert torch.equal(mixed[0], denoiser(x, rows)[0]) and torch.equal(mixed[1], other(x, rows)[1])
     with pytest.raises(DifflabError, match="must lie in"):
         Refined(denoiser, other, 1.5)
+
+
+def test_a_refiner_trains_only_on_the_low_noise_levels(tmp_path):
+    """train.max_timestep (difflab train --max-timestep): t ~ U{0..max_timestep-1}, and bad values are refused."""
+    trainer = Trainer(image_config(tmp_path, steps=1, max_timestep=50), tmp_path / "refiner", progress=False)
+    levels = torch.cat([trainer.objective.draw(torch.arange(8), torch.zeros(8, 1, 28, 28), None,
+                                               torch.Generator().manual_seed(seed))["level"] for seed in range(50)])
+    assert levels.max() == 49 and levels.min() == 0 and len(levels.unique()) == 50
+    trainer.run()
+    assert load_checkpoint(tmp_path / "refiner" / "checkpoint.safetensors").config.train.max_timestep == 50
+    for train, words in (({"max_timestep": 0}, "must be >= 1"), ({"max_timestep": 1001}, "<= the schedule's 1000"),
+                         ({"max_timestep": 50, "loss": "vlb"}, "goes with loss simple or hybrid")):
+        with pytest.raises(DifflabError, match=words):
+            image_config(tmp_path, **train)
 
 
 def test_a_multistep_history_carries_across_the_switch(model):

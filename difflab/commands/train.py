@@ -44,6 +44,8 @@ def register(subparsers) -> None:
     p.add_argument("--init", help="start from this checkpoint's EMA weights (fine-tuning); new layers keep their init")
     p.add_argument("--low-res-augmentation", type=float, help="super-resolution (train.low_res): the largest "
                    "noise-augmentation level s of the low-resolution condition, drawn from U[0, s]; 0: none")
+    p.add_argument("--max-timestep", type=int, help="train a refiner: only the low-noise levels t < this (of the "
+                   "schedule's T; SDXL's refiner: 200 of 1000), for difflab sample --refiner")
     p.add_argument("--autoencoder", metavar="AE.safetensors", help="latent diffusion: train on the scaled latents of "
                    "this frozen autoencoder (difflab train-autoencoder), referred to by path and sha256")
     p.add_argument("--out", default="runs/train", help="output folder (checkpoint, log, plots, samples)")
@@ -61,6 +63,7 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
                                    "compile": args.compile, "device": args.device,
                                    "loss": args.loss, "label_lr_scale": args.label_lr_scale,
                                    "low_res_augmentation": args.low_res_augmentation,
+                                   "max_timestep": args.max_timestep,
                                    "autoencoder": args.autoencoder and str(Path(args.autoencoder).resolve())
                                    }.items() if v is not None}
     if args.steps is not None or args.minutes is not None:

@@ -36,6 +36,7 @@ class TrainConfig(LoopConfig):
     resolution: int | None = None  # train on the images average-pooled to resolution x resolution (a cascade's base)
     low_res: int | None = None  # super-resolution: condition on the image average-pooled to low_res x low_res
     low_res_augmentation: float = 0.0  # its noise-augmentation level s ~ U[0, this] (Ho et al. 2021); 0: none
+    max_timestep: int | None = None  # a refiner: t ~ U{0..max_timestep-1}, the low-noise end (SDXL's: 200 of 1000)
     autoencoder: str | None = None  # latent diffusion: train on the latents of this frozen autoencoder component
 
     def __post_init__(self) -> None:
@@ -63,6 +64,9 @@ class TrainConfig(LoopConfig):
         if not self.low_res_augmentation >= 0 or (self.low_res_augmentation and self.low_res is None):
             raise DifflabError(f"train.low_res_augmentation must be >= 0 and goes with train.low_res, got "
                                f"{self.low_res_augmentation}")
+        if self.max_timestep is not None and (self.max_timestep < 1 or self.loss not in ("simple", "hybrid")):
+            raise DifflabError(f"train.max_timestep (a refiner's levels) must be >= 1 and goes with loss simple or "
+                               f"hybrid; got {self.max_timestep} with loss {self.loss!r}")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,9 @@ class ExperimentConfig:
         if self.train.loss == "simple" and learned:
             raise DifflabError("network.learned_variance needs train.loss 'hybrid' or 'vlb' "
                                "(L_simple does not train it)")
+        if (self.train.max_timestep or 0) > self.schedule.timesteps:
+            raise DifflabError(f"train.max_timestep must be <= the schedule's {self.schedule.timesteps} timesteps, got "
+                               f"{self.train.max_timestep}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

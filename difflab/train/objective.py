@@ -64,8 +64,10 @@ class DiffusionObjective(Objective):
 
     def __init__(self, denoiser: Denoiser, kind: LossKind, conditions: TrainingConditions, *,
                  label_lr_scale: float = 1.0, min_snr_gamma: float | None = None, vlb_weight: float = 0.001,
-                 decoder: Decoder = "discretized", low_res: LowResConditions | None = None):
+                 decoder: Decoder = "discretized", low_res: LowResConditions | None = None,
+                 max_timestep: int | None = None):
         self.denoiser, self.kind, self.conditions, self.low_res = denoiser, kind, conditions, low_res
+        self.max_timestep = max_timestep  # a refiner: only the low-noise levels t < max_timestep
         self.module, self.precond = denoiser.net, denoiser.precond
         self.label_lr_scale, self.min_snr_gamma, self.vlb_weight, self.decoder = (label_lr_scale, min_snr_gamma,
                                                                                   vlb_weight, decoder)
@@ -83,7 +85,7 @@ class DiffusionObjective(Objective):
             level, eps = draw_edm_noise(self.precond.config, tuple(x0.shape), generator, dtype=x0.dtype)
         else:
             level, eps = draw_noise(self.precond.schedule, tuple(x0.shape), generator, dtype=x0.dtype,
-                                    t_sampler=self.t_sampler)
+                                    t_sampler=self.t_sampler, max_timestep=self.max_timestep)
         # importance weights 1 / (T p_t) keep the L_vlb estimate unbiased (Nichol & Dhariwal 2021, Eq. 18)
         weights = None if self.t_sampler is None else self.t_sampler.weights(level).float()
         return {"cond": cond, "level": level, "eps": eps, "weights": weights}

@@ -99,7 +99,8 @@ class Trainer:
             self.denoiser, cfg.loss, TrainingConditions(cfg.cond, cfg.p_uncond, self.pixels),
             label_lr_scale=cfg.label_lr_scale, min_snr_gamma=cfg.min_snr_gamma, vlb_weight=cfg.vlb_weight,
             decoder="discretized" if self.data.kind == "image" else "gaussian",
-            low_res=None if cfg.low_res is None else LowResConditions(cfg.low_res, cfg.low_res_augmentation))
+            low_res=None if cfg.low_res is None else LowResConditions(cfg.low_res, cfg.low_res_augmentation),
+            max_timestep=cfg.max_timestep)
         if latent_ref is not None:  # frozen: referred to by path and sha256, never copied
             self.objective.frozen = {**self.objective.frozen, "autoencoder": latent_ref}
         self.loop = TrainingLoop(self.objective, self.data, cfg, self.out, kind="denoiser", config=self.config,
