@@ -15,10 +15,11 @@ from difflab.distill.student import StudentGrid
 from difflab.errors import DifflabError
 from difflab.grids import make_grid
 from difflab.model import load_model
-from difflab.pipelines.dialect import RequestError
+from difflab.pipelines.dialect import Dialect, RequestError
 from difflab.pipelines.request import Request, plan_request
 from difflab.samplers import SAMPLERS
 from difflab.schedules import DiscreteSchedule
+from difflab.serve.generation import WEB_UI_NAMES
 
 MU, S2 = 0.2, 0.3
 
@@ -91,6 +92,12 @@ def test_a_student_samples_only_on_its_grid_with_ddim():
         plan_request(Request(steps=2, sampler="dpmpp_2m"), model.denoiser, student)
     assert StudentGrid(kind="trailing", steps=2, sigmas=[2.0, 1.0, 0.0]).flags() == \
         "--steps 2 --grid trailing"
+    web_ui = Dialect(WEB_UI_NAMES, web_ui=True)  # the server's: its remedies name its fields
+    with pytest.raises(RequestError, match="valid only on the 2-step trailing grid .* use steps 2 with scheduler "
+                                           "Automatic"):
+        plan_request(Request(steps=4, sampler="DDIM"), model.denoiser, student, web_ui)
+    with pytest.raises(RequestError, match="use sampler_name DDIM or Euler or ParaDiGMS DDIM, not 'dpmpp_2m'"):
+        plan_request(Request(steps=2, sampler="DPM++ 2M"), model.denoiser, student, web_ui)
 
 
 @pytest.fixture

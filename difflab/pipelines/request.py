@@ -105,7 +105,7 @@ def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig,
     except DifflabError as err:
         raise dialect.error("steps", str(err)) from None
     reason = None if student is None else student.check(
-        make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections), sampler.sampler)
+        make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections), sampler.sampler, dialect.web_ui)
     if reason is not None:
         raise dialect.error("steps", reason)
     guidance, class_names = plan_guidance(request.guidance, config, dialect)
