@@ -22,6 +22,8 @@ import torch
 
 from difflab.allocator import keep_freed_memory
 from difflab.commands import BUNDLED_MODEL
+from difflab.eval.features import bundled_feature_net, extract, reference_features
+from difflab.eval.frechet import gaussian_moments, paired_gap_std
 from difflab.eval.report import evaluate_images
 from difflab.images import save_samples
 from difflab.model import load_model
@@ -40,6 +42,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=250)
     p.add_argument("--out", default="runs/bench_refiner")
+    p.add_argument("--bootstrap", type=int, default=200, help="rounds of the paired bootstrap of each row's FD gap "
+                   "to the base (its samples share their seeds)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,21 +57,27 @@ def main() -> None:
     for switch in args.switch:
         rows[f"refined{switch:g}"] = (f"base -> refiner at switch {switch:g}",
                                       replace(plan, denoiser=Refined(plan.denoiser, refiner.denoiser, switch)))
-    results = []
+    results, features = [], []
+    reference, net = gaussian_moments(reference_features()[0].features), bundled_feature_net()[0]
     for name, (what, row_plan) in rows.items():
         path = out / f"{name}.npz"
         if not path.is_file():
             start = time.perf_counter()
             save_samples(row_plan.sample(), path)
             print(f"{name}: {args.n} samples in {time.perf_counter() - start:.0f} s -> {path}", flush=True)
-        metrics = evaluate_images(np.load(path)["images"])
-        results.append({"row": name, "what": what, **{k: metrics[k] for k in ("fd", "kid", "precision", "recall")}})
+        images = np.load(path)["images"]
+        metrics, features = evaluate_images(images), [*features, extract(net, images).features]
+        gap_std = paired_gap_std(features[-1], features[0], reference, args.bootstrap) if args.bootstrap else None
+        results.append({"row": name, "what": what, **{k: metrics[k] for k in ("fd", "kid", "precision", "recall")},
+                        "gap_std": gap_std})
     print(f"\nN = {args.n} samples each against the 10k test images; {args.sampler} {args.steps} steps on "
           f"{plan.sampler.grid}, seed {args.seed}; refiner {args.refiner}\n")
-    print("| row | FD | FD / base | KID | precision | recall |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| row | FD | FD - base (paired-bootstrap std, {args.bootstrap} rounds) | FD / base | KID | precision | "
+          f"recall |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['what']} | {r['fd']:.2f} | {r['fd'] / results[0]['fd']:.3f} | {r['kid']:.4f} "
+        gap = "" if r is results[0] or r["gap_std"] is None else f"{r['fd'] - results[0]['fd']:+.2f} +- {r['gap_std']:.2f}"
+        print(f"| {r['what']} | {r['fd']:.2f} | {gap} | {r['fd'] / results[0]['fd']:.3f} | {r['kid']:.4f} "
               f"| {r['precision']:.3f} | {r['recall']:.3f} |")
     (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": results}, indent=2))
 

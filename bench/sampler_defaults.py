@@ -41,7 +41,7 @@ import torch
 from difflab.allocator import keep_freed_memory
 from difflab.commands import BUNDLED_MODEL, set_threads
 from difflab.eval.features import bundled_feature_net, extract, reference_features
-from difflab.eval.frechet import frechet_distance, gaussian_moments
+from difflab.eval.frechet import gaussian_moments, paired_gap_std
 from difflab.eval.report import evaluate_images
 from difflab.images import to_uint8
 from difflab.model import load_model
@@ -159,15 +159,8 @@ def gaps(cells: list[dict], n: int, seed: int, save: Path, rounds: int) -> str:
     for sampler, steps in dict.fromkeys((c["sampler"], c["steps"]) for c in cells):
         row = sorted((c for c in cells if c["sampler"] == sampler and c["steps"] == steps), key=lambda c: c["fd"])
         features = [extract(net, np.load(sample_file(save, c))["images"]).features for c in row]
-        generator = torch.Generator().manual_seed(0)
-        draws = [torch.randint(n, (n,), generator=generator) for _ in range(rounds)]
-        best = [frechet_distance(*gaussian_moments(features[0][i]), *reference) for i in draws]
-        text = []
-        for c, f in zip(row[1:], features[1:]):
-            # gap_b = FD(grid, resample b) - FD(best grid, resample b)
-            boot = torch.tensor([frechet_distance(*gaussian_moments(f[i]), *reference) - b
-                                 for i, b in zip(draws, best)])
-            text.append(f"{c['grid']} +{c['fd'] - row[0]['fd']:.2f} +- {boot.std():.2f}")
+        text = [f"{c['grid']} +{c['fd'] - row[0]['fd']:.2f} +- {paired_gap_std(f, features[0], reference, rounds):.2f}"
+                for c, f in zip(row[1:], features[1:])]
         lines.append(f"{sampler:<14} {steps:>3} steps: {row[0]['grid']} {row[0]['fd']:.2f}; " + ", ".join(text))
     return "\n".join(lines)
 

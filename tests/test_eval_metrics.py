@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from difflab.eval.classes import class_coverage, label_accuracy
-from difflab.eval.frechet import frechet_distance, frechet_distance_of, gaussian_moments
+from difflab.eval.frechet import frechet_distance, frechet_distance_of, gaussian_moments, paired_gap_std
 from difflab.eval.kid import kernel_inception_distance, mmd2_unbiased, polynomial_kernel
 from difflab.eval.manifold import precision_recall
 from difflab.eval.toy_metrics import energy_distance, knn_kl_divergence, ks_per_axis, sliced_wasserstein
@@ -55,6 +55,18 @@ def test_fd_grows_monotonically_with_added_noise():
     x = gaussian(3000, [0.0] * 8, torch.eye(8), seed=4)
     noisy = [frechet_distance_of(x, x + s * gaussian(3000, [0.0] * 8, torch.eye(8), seed=5)) for s in (0, 0.2, 0.5, 1)]
     assert all(a < b for a, b in zip(noisy, noisy[1:]))
+
+
+def test_paired_bootstrap_gap_std_cancels_the_shared_noise():
+    """Rows that share their noise: the gap's std is far below either FD's own resampling std, and 0 for one set."""
+    g = torch.Generator().manual_seed(0)
+    reference = gaussian_moments(torch.randn(4000, 4, generator=g))
+    base = torch.randn(500, 4, generator=g)
+    moved = base + 0.1 * torch.randn(500, 4, generator=g)  # the same rows, slightly changed
+    assert paired_gap_std(base, base, reference, 50) == 0
+    paired = paired_gap_std(moved, base, reference, 200)
+    unpaired = paired_gap_std(torch.randn(500, 4, generator=g), base, reference, 200)  # rows of other noise
+    assert 0 < paired < 0.3 * unpaired
 
 
 def test_mmd_is_unbiased_where_the_v_statistic_is_not():

@@ -32,3 +32,17 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 def frechet_distance_of(features1: torch.Tensor, features2: torch.Tensor) -> float:
     """FD between the Gaussians fitted to two feature sets [N1, D] and [N2, D]."""
     return frechet_distance(*gaussian_moments(features1), *gaussian_moments(features2))
+
+
+def paired_gap_std(features: torch.Tensor, baseline: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor],
+                   rounds: int, seed: int = 0) -> float:
+    """Paired-bootstrap std of FD(features) - FD(baseline) against fixed `reference` moments: row i of both sets
+    shares its noise (same seed), so the same indices are resampled in both."""
+    generator = torch.Generator().manual_seed(seed)
+    gaps = []
+    for _ in range(rounds):
+        i = torch.randint(len(features), (len(features),), generator=generator)
+        # gap_b = FD(features[i_b]) - FD(baseline[i_b])
+        gaps.append(frechet_distance(*gaussian_moments(features[i]), *reference)
+                    - frechet_distance(*gaussian_moments(baseline[i]), *reference))
+    return float(torch.tensor(gaps).std())
