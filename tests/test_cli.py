@@ -51,6 +51,8 @@ def test_sample_writes_png_and_npz(capsys, toy_checkpoint, tmp_path):
     (["train", "--data-root", "{missing}", "--steps", "1"], "apt-get install -y dataset-fashion-mnist"),
     (["train", "--data", "toy:spiral", "--steps", "1"], "unknown toy data set"),
     (["train", "--steps", "-3"], "--steps must be > 0"),
+    (["train", "--max-timestep", "0", "--steps", "1"], "train.max_timestep (a refiner's levels) must be >= 1"),
+    (["train", "--max-timestep", "5000", "--steps", "1"], "train.max_timestep must be <= the schedule's 1000"),
     (["train", "--config", "{missing}"], "not found"),
     (["train", "--resume", "--out", "{empty}", "--data", "toy:moons"], "no checkpoint"),
 ])
