@@ -2,7 +2,7 @@
 precision and recall of N samples at 28x28 (the metrics of `difflab eval`), same seeds, sampler and steps per row.
 
     difflab train --init difflab/assets/fashion_mnist/model.safetensors --max-timestep 200 --lr 2e-4 \\
-        --steps 100000 --minutes 45 --out runs/refiner/low200
+        --steps 2000 --out runs/refiner/low200
     python bench/refiner.py --refiner runs/refiner/low200/checkpoint.safetensors --switch 0.8 0.9 --n 2000
 
 A refiner trained on t < 200 of 1000 covers the last 20 % of a trailing grid: --switch 0.8 hands it exactly those
@@ -24,7 +24,7 @@ from difflab.allocator import keep_freed_memory
 from difflab.commands import BUNDLED_MODEL
 from difflab.eval.features import bundled_feature_net, extract, reference_features
 from difflab.eval.frechet import gaussian_moments, paired_gap_std
-from difflab.eval.report import evaluate_images
+from difflab.eval.report import evaluate_features
 from difflab.images import save_samples
 from difflab.model import load_model
 from difflab.pipelines.refiner import Refined
@@ -65,8 +65,8 @@ def main() -> None:
             start = time.perf_counter()
             save_samples(row_plan.sample(), path)
             print(f"{name}: {args.n} samples in {time.perf_counter() - start:.0f} s -> {path}", flush=True)
-        images = np.load(path)["images"]
-        metrics, features = evaluate_images(images), [*features, extract(net, images).features]
+        extracted = extract(net, np.load(path)["images"])
+        metrics, features = evaluate_features(extracted), [*features, extracted.features]
         gap_std = paired_gap_std(features[-1], features[0], reference, args.bootstrap) if args.bootstrap else None
         results.append({"row": name, "what": what, **{k: metrics[k] for k in ("fd", "kid", "precision", "recall")},
                         "gap_std": gap_std})
@@ -76,7 +76,8 @@ def main() -> None:
           f"recall |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        gap = "" if r is results[0] or r["gap_std"] is None else f"{r['fd'] - results[0]['fd']:+.2f} +- {r['gap_std']:.2f}"
+        gap = ("" if r is results[0] or r["gap_std"] is None
+               else f"{r['fd'] - results[0]['fd']:+.2f} +- {r['gap_std']:.2f}")
         print(f"| {r['what']} | {r['fd']:.2f} | {gap} | {r['fd'] / results[0]['fd']:.3f} | {r['kid']:.4f} "
               f"| {r['precision']:.3f} | {r['recall']:.3f} |")
     (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": results}, indent=2))

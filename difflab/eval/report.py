@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from difflab.eval.classes import class_coverage, class_shares, label_accuracy
-from difflab.eval.features import bundled_feature_net, extract, reference_features
+from difflab.eval.features import Features, bundled_feature_net, extract, reference_features
 from difflab.eval.frechet import frechet_distance_of
 from difflab.eval.kid import kernel_inception_distance
 from difflab.eval.manifold import precision_recall
@@ -40,12 +40,18 @@ DESCRIPTIONS = {
 
 def evaluate_images(images: np.ndarray, labels: np.ndarray | None = None, *, data_root: str | None = None,
                     k: int = 3, kid_subsets: int = 100, seed: int = 0, progress: bool = False) -> dict:
-    """Metrics of uint8 images [N, 28, 28] against the Fashion-MNIST test set in the feature net's space.
+    """Metrics of uint8 images [N, 28, 28] against the Fashion-MNIST test set in the feature net's space."""
+    samples = extract(bundled_feature_net()[0], images, progress=progress)
+    return evaluate_features(samples, labels, data_root=data_root, k=k, kid_subsets=kid_subsets, seed=seed)
+
+
+def evaluate_features(samples: Features, labels: np.ndarray | None = None, *, data_root: str | None = None,
+                      k: int = 3, kid_subsets: int = 100, seed: int = 0) -> dict:
+    """evaluate_images' metrics of samples already in the feature net's space (extract).
 
     Precision and recall use equally many points from both sets (the smaller size), as k-NN radii shrink with N.
     """
     reference, _, net_hash = reference_features(data_root)
-    samples = extract(bundled_feature_net()[0], images, progress=progress)
     size = min(len(samples), len(reference))
     generator = torch.Generator().manual_seed(seed)
     real = reference.features[torch.randperm(len(reference), generator=generator)[:size]]

@@ -41,7 +41,9 @@ DEFAULT_GUIDANCE_WEIGHT = 1.0
 # difflab's own)
 SAMPLER_OPTION_FIELDS = {"eta": "Eta", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax",
                          "s_noise": "Sigma noise", "window": "ParaDiGMS window", "tolerance": "ParaDiGMS tolerance"}
-OWN_OPTION_FIELDS = {"window": "difflab_parallel_window", "tolerance": "difflab_parallel_tolerance"}  # body fields
+# option -> its body field: the UI's own name, or difflab's for the options the UI does not have
+OPTION_BODY_FIELDS = {**{name: name for name in SAMPLER_OPTION_FIELDS},
+                      "window": "difflab_parallel_window", "tolerance": "difflab_parallel_tolerance"}
 NO_OP_OPTIONS = {"s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0}  # the UI's values that change nothing
 MODEL_SETTING = "sd_model_checkpoint"
 NOT_THE_UIS = object()  # the default of a field the web UI does not have
@@ -161,15 +163,15 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
 def options_of(body: Txt2ImgRequest, sampler: SamplerName, dialect: Dialect) -> tuple[dict[str, float], list[str]]:
     """The sampler options a body gives, each checked against its range; those the sampler does not take are left out,
     with a warning unless they are the UI's no-op defaults (it sends s_churn 0 and s_noise 1 to every sampler)."""
-    fields = {name: OWN_OPTION_FIELDS.get(name, name) for name in SAMPLER_OPTION_FIELDS}
-    given = {name: getattr(body, field) for name, field in fields.items() if getattr(body, field) is not None}
+    given = {name: getattr(body, field) for name, field in OPTION_BODY_FIELDS.items()
+             if getattr(body, field) is not None}
     if given.get("s_tmax") == 0:  # the UI's s_tmax 0 means no upper bound
         del given["s_tmax"]
     for name, value in given.items():
         check_option(name, value, dialect)
     takes = sampler_options(sampler)
-    dropped = [f"{fields[name]} ignored: sampler {sampler.name!r} does not use it" for name, value in given.items()
-               if name not in takes and value != NO_OP_OPTIONS.get(name)]
+    dropped = [f"{OPTION_BODY_FIELDS[name]} ignored: sampler {sampler.name!r} does not use it"
+               for name, value in given.items() if name not in takes and value != NO_OP_OPTIONS.get(name)]
     return {name: value for name, value in given.items() if name in takes}, dropped
 
 
@@ -253,8 +255,9 @@ def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:
         "grid": plan.sampler.grid, "sampler_options": plan.options, "native_width": model.width,
         "native_height": model.height, "size_by": txt2img.size_by, "upscaler": txt2img.upscaler, "task_id": job.task,
         "interrupted": job.interrupted, "warnings": list(txt2img.warnings),
-        "difflab_parallel": [{"rounds": rounds, "evaluations": nfe} for _, (rounds, nfe) in sorted(job.parallel.items())]
-        or None,  # per batch, from a ParaDiGMS sampler: its sequential network calls and evaluations per image
+        # per batch, from a ParaDiGMS sampler: its sequential network calls and evaluations per image
+        "difflab_parallel": [{"rounds": rounds, "evaluations": nfe}
+                             for _, (rounds, nfe) in sorted(job.parallel.items())] or None,
     }
     parameters = {**body.model_dump(), "seed": plan.request.seed, "sampler_name": plan.sampler.name,
                   "cfg_scale": txt2img.cfg_scale, "width": txt2img.width, "height": txt2img.height}
