@@ -27,7 +27,7 @@ from difflab.serve.a1111 import infotext, parse_infotext
 from difflab.serve.app import create_app
 from difflab.serve.catalog import Catalog
 from difflab.serve.listings import cuda_memory, ram
-from difflab.serve.model import load_served_model
+from difflab.serve.model import checkpoint_name, load_served_model
 from difflab.serve.resize import model_shape_at
 
 # StableDiffusionTxt2ImgProcessingAPI().model_dump() of the web UI v1.10: every field at its default
@@ -275,6 +275,16 @@ def test_unknown_checkpoints_are_named_and_refresh_finds_new_ones(client, models
     client.post("/sdapi/v1/options", json={"live_previews_enable": True})
     (models_dir / "later.safetensors").unlink()
     client.post("/sdapi/v1/refresh-checkpoints")
+
+
+def test_run_files_are_named_by_their_folder_so_two_students_differ(tmp_path):
+    runs = tmp_path / "runs"
+    assert checkpoint_name(runs / "pd" / "round_2" / "student.safetensors", runs) == "pd/round_2"
+    assert checkpoint_name(runs / "cd" / "student.safetensors", runs) == "cd"
+    assert checkpoint_name(runs / "cd" / "student.safetensors") == "cd"
+    assert checkpoint_name(runs / "base" / "checkpoint.safetensors") == "base"
+    assert checkpoint_name(runs / "cd" / "student_v2.safetensors", runs) == "cd/student_v2"
+    assert checkpoint_name(runs / "noise.safetensors", runs) == "noise"
 
 
 @pytest.fixture

@@ -80,11 +80,14 @@ class ServedModel(Checkpoint):
         return self.shape[2]
 
 
+RUN_FILE_STEMS = ("checkpoint", "model", "student")  # train, export and distill write these names in their --out
+
+
 def checkpoint_name(path: Path, root: Path | None = None) -> str:
-    """A checkpoint's display name: its path below `root` (default: its folder) without the suffix; a
-    checkpoint.safetensors or model.safetensors is named by its folder."""
+    """A checkpoint's display name: its path below `root` (default: its folder) without the suffix; the files that
+    difflab's runs name alike (checkpoint, model, student .safetensors) are named by their folder."""
     relative = path.relative_to(root) if root is not None else Path(path.name)
-    named = relative.parent if path.stem in ("checkpoint", "model") else relative.with_suffix("")
+    named = relative.parent if path.stem in RUN_FILE_STEMS else relative.with_suffix("")
     return (named.as_posix() if named != Path(".") else "") or path.parent.name
 
 
