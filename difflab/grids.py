@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -74,7 +75,7 @@ def _count(text: str, sections: str) -> int:
 
 
 def make_grid(
-    schedule, n: int, kind: GridKind = "leading", sections: str | None = None,
+    schedule, n: int, kind: GridKind = "leading", sections: str | None = None, levels: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """A float64 grid of n+1 VE levels, descending from the schedule's noisiest level to 0.
 
@@ -82,7 +83,10 @@ def make_grid(
     sigma-spaced kinds (karras, log_snr) only.
 
     kind "respaced" takes Nichol & Dhariwal's section counts (default: one section of n), which must add up to n.
+    `levels` (n of them) are used as given instead of a kind's spacing, e.g. a consistency model's re-noising levels.
     """
+    if levels is not None:
+        return explicit_grid(schedule, n, levels)
     if n < 1:
         raise DifflabError(f"steps must be >= 1, got {n}")
     if kind not in GRIDS:
@@ -106,6 +110,20 @@ def make_grid(
     else:
         timesteps = spaced_timesteps(schedule.timesteps, n, kind)
     return append_zero(schedule.sigmas[timesteps])
+
+
+def explicit_grid(schedule, n: int, levels: Sequence[float]) -> torch.Tensor:
+    """The grid of n given noise levels, strictly decreasing within the model's [sigma_min, sigma_max], then 0."""
+    shown = ",".join(f"{level:g}" for level in levels)
+    if len(levels) != n:
+        raise DifflabError(f"--sigmas gives {len(levels)} levels but steps is {n}")
+    sigmas = torch.tensor(list(levels), dtype=torch.float64)
+    if n < 1 or not bool(sigmas.isfinite().all()) or not bool((sigmas[1:] < sigmas[:-1]).all()):
+        raise DifflabError(f"--sigmas must be noise levels in strictly decreasing order, got {shown!r}")
+    low, high = schedule.sigma_min, schedule.sigma_max
+    if float(sigmas[-1]) < low * (1 - 1e-9) or float(sigmas[0]) > high * (1 + 1e-9):
+        raise DifflabError(f"--sigmas must lie within the model's noise levels [{low:.6g}, {high:.6g}], got {shown!r}")
+    return append_zero(sigmas)
 
 
 def check_grid(sigmas: torch.Tensor) -> None:

@@ -82,3 +82,17 @@ def test_grid_errors_name_the_field():
         make_grid(SCHEDULES[0], 1001, "trailing")
     with pytest.raises(DifflabError, match="grid must be one of"):
         make_grid(SCHEDULES[0], 10, "uniform")
+
+
+def test_explicit_levels_are_the_grid_and_bad_ones_are_named():
+    schedule = SCHEDULES[0]
+    trailing = make_grid(schedule, 4, "trailing")
+    assert torch.equal(make_grid(schedule, 4, "karras", levels=trailing[:-1].tolist()), trailing)  # kind unused
+    assert make_grid(schedule, 2, levels=[schedule.sigma_max, 0.8]).tolist() == [schedule.sigma_max, 0.8, 0.0]
+    for levels, message in [([1.0, 2.0], "strictly decreasing order, got '1,2'"), ([3.0, 3.0], "strictly decreasing"),
+                            ([math.nan, 1.0], "strictly decreasing"), ([200.0, 1.0], r"within the model's noise levels"),
+                            ([1.0, 1e-4], "within the model's noise levels")]:
+        with pytest.raises(DifflabError, match=message):
+            make_grid(schedule, 2, levels=levels)
+    with pytest.raises(DifflabError, match="--sigmas gives 2 levels but steps is 3"):
+        make_grid(schedule, 3, levels=[2.0, 1.0])

@@ -18,7 +18,9 @@ from test_serve_api import CLASSES, write_checkpoint
 
 from difflab.cli import main
 from difflab.commands import BUNDLED_CONDITIONAL_MODEL, BUNDLED_MODEL
+from difflab.edit.img2img import plan_edit
 from difflab.errors import DifflabError
+from difflab.images import to_uint8
 from difflab.pipelines.dialect import CLI, Dialect, RequestError
 from difflab.pipelines.generate import generate
 from difflab.pipelines.guidance import GuidanceRequest
@@ -183,6 +185,32 @@ def test_request_rules_speak_the_callers_words(checkpoints):
     assert plan.warnings == ("negative_label ignored: it acts only through guidance, with cfg_scale > 1",)
     assert plan.guidance is None and torch.equal(plan.cond.labels, torch.tensor([1, 1]))
     assert plan.class_names == CLASSES and [len(b) for b in plan.batches()] == [2]
+
+
+def test_a_request_samples_on_the_levels_it_gives(tmp_path, capsys):
+    path = str(write_checkpoint(tmp_path / "noise.safetensors", randomize=True))
+    denoiser, checkpoint = load_denoiser(path)
+    named = plan_request(Request(sampler="ddim", steps=3, grid="trailing", n=2), denoiser, checkpoint.config)
+    levels = tuple(named.grid()[:-1].tolist())
+    given = plan_request(Request(sampler="ddim", steps=3, sigmas=levels, n=2), denoiser, checkpoint.config)
+    assert torch.equal(given.grid(), named.grid()) and torch.equal(given.sample(), named.sample())
+    other = plan_request(replace(given.request, sigmas=(levels[0], levels[2] / 2, levels[2] / 4)), denoiser,
+                         checkpoint.config)
+    assert other.grid()[1] == levels[2] / 2 and not torch.equal(other.sample(), named.sample())  # the levels are used
+    with pytest.raises(RequestError, match="--sigmas must be noise levels in strictly decreasing order") as bad:
+        plan_request(replace(given.request, sigmas=levels[::-1]), denoiser, checkpoint.config)
+    assert bad.value.field == "--steps"
+    with pytest.raises(DifflabError, match="img2img cuts its grid at the strength's level: leave out --sigmas"):
+        plan_edit(given, None, given.sample(), 0.5)
+
+    out = tmp_path / "x.npz"
+    assert main(["sample", path, "--sigmas", ",".join(map(repr, levels)), "--n", "2", "--out", str(out)]) == 0
+    assert np.array_equal(np.load(out)["images"], np.asarray(to_uint8(named.sample())))
+    for flags, message in [(["--steps", "5"], "leave out --steps"), (["--grid", "karras"], "leave out --grid"),
+                           (["--hires-scale", "2"], "leave out --sections and --sigmas")]:
+        capsys.readouterr()
+        assert main(["sample", path, "--sigmas", "1,0.5", "--n", "1", "--out", str(out), *flags]) == 2
+        assert message in capsys.readouterr().err
 
 
 def png_pixels(b64: str) -> np.ndarray:

@@ -37,6 +37,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                                                  "else the sampler's default in `difflab samplers`; on an EDM model "
                                                  "karras unless that is log_snr)")
     p.add_argument("--sections", help='--grid respaced: section counts "10,15,20" or "ddimN" adding up to --steps')
+    p.add_argument("--sigmas", type=noise_levels, metavar="S1,S2,...",
+                   help="the noise levels to sample on, descending, instead of --steps and --grid: e.g. a consistency "
+                        "model's levels (the first, then each re-noising one)")
     p.add_argument("--eta", type=float, help="DDIM / Euler-ancestral stochasticity (0 = deterministic, 1 = DDPM)")
     p.add_argument("--variance", choices=["learned", "beta_tilde", "beta"],
                    help="DDPM step variance (default: the model's learned variance where it has one, else beta_tilde)")
@@ -62,6 +65,14 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to sample (default auto: cuda where available); seeds reproduce per device type")
 
 
+def noise_levels(text: str) -> tuple[float, ...]:
+    """--sigmas "157.4,0.8" -> (157.4, 0.8)."""
+    try:
+        return tuple(float(level) for level in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be numbers separated by commas, got {text!r}") from None
+
+
 def sampler_options(args: argparse.Namespace, denoiser: Denoiser) -> dict:
     """Keyword options for the chosen sampler; an option the sampler or the model cannot take is an error."""
     options = {name: getattr(args, name) for name in OPTION_RANGES if getattr(args, name, None) is not None}
@@ -73,11 +84,17 @@ def request_from_args(args: argparse.Namespace, model: Model, n: int, label: int
     """The Request that the sampling and guidance flags ask for, for `model`."""
     denoiser = model.denoiser
     student = model.checkpoint.config.student_grid  # a progressive-distillation student samples on its own grid
+    if args.sigmas is not None:
+        given = [flag for flag, value in (("--grid", args.grid), ("--sections", args.sections)) if value is not None]
+        given += ["--steps"] if args.steps not in (None, len(args.sigmas)) else []  # set here on an earlier call
+        if given:
+            raise DifflabError(f"--sigmas gives the levels themselves: leave out {' and '.join(given)}")
+        args.steps = len(args.sigmas)
     if args.steps is None:
         args.steps = 50 if student is None else student.steps
     return Request(label=label, prompt=prompt, guidance=guidance_request(args, model.files.get("classifier")),
-                   sampler=args.sampler, grid=args.grid,
-                   sections=args.sections, options=sampler_options(args, denoiser), steps=args.steps, n=n,
+                   sampler=args.sampler, grid=args.grid, sections=args.sections, sigmas=args.sigmas,
+                   options=sampler_options(args, denoiser), steps=args.steps, n=n,
                    seed=args.seed, batch=args.batch)
 
 

@@ -94,6 +94,7 @@ def super_resolution(args: argparse.Namespace, path: str, plan: Plan, device,
     config = model.checkpoint.config
     stage = copy.copy(args)
     stage.sampler, stage.steps, stage.grid = args.sr_sampler or args.sampler, args.sr_steps or args.steps, args.sr_grid
+    stage.sigmas = None  # the first stage's levels are its own
     if args.sr_sampler is not None and args.sr_sampler != args.sampler:
         for name in OPTION_RANGES:  # the first stage's sampler options are its own
             setattr(stage, name, None)

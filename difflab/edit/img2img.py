@@ -97,6 +97,8 @@ def plan_edit(plan: Plan, model, images: torch.Tensor, strength: float, *, exact
     """The Edit of images [1 or n, C, H, W] (in [-1, 1], at the model's image size) at denoising `strength`, with
     the sampler, steps, condition and guidance of `plan` (a checked txt2img plan of n samples)."""
     request = plan.request
+    if request.sigmas is not None:
+        raise DifflabError("img2img cuts its grid at the strength's level: leave out --sigmas")
     images = images.double()
     if images.ndim != 4 or len(images) not in (1, request.n):
         raise DifflabError(f"img2img takes 1 or n = {request.n} images [N, C, H, W], got {list(images.shape)}")

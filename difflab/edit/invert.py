@@ -26,7 +26,6 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from difflab.errors import DifflabError
-from difflab.grids import make_grid
 from difflab.images import atomic_write
 from difflab.pipelines.generate import NO_GUIDANCE
 from difflab.pipelines.request import Plan
@@ -79,7 +78,7 @@ def invert(plan: Plan, x0: torch.Tensor, fixed_point: int = 0, callback=None) ->
     if len(x0) != request.n:
         raise DifflabError(f"inversion of {len(x0)} images needs a plan of n = {len(x0)} samples, got {request.n}")
     device = next(plan.denoiser.parameters()).device
-    sigmas = make_grid(plan.denoiser.schedule, request.steps, plan.sampler.grid, request.sections).to(device)
+    sigmas = plan.grid().to(device)
     guidance = plan.guidance or NO_GUIDANCE
     out = []
     for b, first in enumerate(range(0, request.n, request.batch)):
@@ -95,7 +94,7 @@ def invert(plan: Plan, x0: torch.Tensor, fixed_point: int = 0, callback=None) ->
 def from_noise(plan: Plan, noise: torch.Tensor) -> Plan:
     """`plan` (DDIM, eta 0) started from inverted `noise` [n, *shape] at its grid's noisiest level."""
     request = plan.request
-    top = float(make_grid(plan.denoiser.schedule, request.steps, plan.sampler.grid, request.sections)[0])
+    top = float(plan.grid()[0])
     return replace(plan, request=replace(request, start=noise, sigma_start=top, start_noised=True))
 
 

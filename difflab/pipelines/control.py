@@ -26,7 +26,6 @@ import torch
 from difflab.conditioning import Condition
 from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
-from difflab.grids import make_grid
 from difflab.nets.controlnet import (
     AppliedControl,
     ControlledNet,
@@ -106,7 +105,7 @@ def apply_controls(plan, units: tuple[ControlUnit, ...]):
                            "cannot be mixed with the other control modes in one request")
     base = plan.denoiser
     request = plan.request
-    sigmas = make_grid(base.schedule, request.steps, plan.sampler.grid, request.sections)
+    sigmas = plan.grid()
     if request.sigma_start is not None:
         sigmas = cut_grid(sigmas, request.sigma_start)
     applied, offset = [], 0

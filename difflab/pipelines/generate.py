@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,8 +29,8 @@ Decode = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def generate_batches(
     denoiser: Denoiser, shape: tuple[int, ...], n: int, *, sampler: str = "ddim", steps: int = 50,
-    grid: GridKind | None = None, sections: str | None = None, seed: int = 0, batch: int = 64,
-    cond: Condition | None = None, options: dict[str, Any] | None = None, progress: bool = False,
+    grid: GridKind | None = None, sections: str | None = None, levels: Sequence[float] | None = None, seed: int = 0,
+    batch: int = 64, cond: Condition | None = None, options: dict[str, Any] | None = None, progress: bool = False,
     callback: Callable[[int, StepInfo], None] | None = None, guidance: Guidance | None = None,
     start: torch.Tensor | None = None, sigma_start: float | None = None, start_noised: bool = False,
     decode: Decode | None = None, inpaint: Inpainting | None = None,
@@ -45,7 +45,7 @@ def generate_batches(
     guidance.check(sampler, denoiser, cond)
     if inpaint is not None:
         inpaint.check(sampler)
-    sigmas = make_grid(denoiser.schedule, steps, grid or default_grid(sampler, denoiser.default_grid), sections)
+    sigmas = make_grid(denoiser.schedule, steps, grid or default_grid(sampler, denoiser.default_grid), sections, levels)
     if start is not None or sigma_start is not None:
         check_start(start, sigma_start, n, shape)
         sigmas = cut_grid(sigmas, sigma_start)
@@ -81,7 +81,8 @@ def generate_batches(
 def generate(denoiser: Denoiser, shape: tuple[int, ...], n: int, **arguments: Any) -> torch.Tensor:
     """n samples of one example `shape`; sample i depends only on seed + i (not on the batch size).
 
-    `grid` None is the sampler's default grid on the model (difflab.pipelines.samplers.default_grid).
+    `grid` None is the sampler's default grid on the model (difflab.pipelines.samplers.default_grid); `levels`
+    (`steps` of them, descending) are used instead of a grid's spacing.
     `cond` holds n rows (one per sample) or is None for unconditional sampling; `guidance` (CFG, classifier,
     thresholding) wraps the denoiser batch by batch, its negative condition sliced like `cond`. Sampling starts from
     prior noise at the grid's noisiest level, or from `start` [n or 1, *shape] at level `sigma_start`, below it: the

@@ -108,8 +108,8 @@ class HiresOutput:
 
 def plan_hires(plan: Plan, config: ExperimentConfig, hires: Hires) -> tuple[Plan | None, HiresSize]:
     """The second pass as a Plan without its start (None at strength 0: the upscaled images are the answer)."""
-    if plan.request.sections is not None:
-        raise DifflabError("the hires fix's second pass builds its own grid: leave out --sections")
+    if plan.request.sections is not None or plan.request.sigmas is not None:
+        raise DifflabError("the hires fix's second pass builds its own grid: leave out --sections and --sigmas")
     size = hires_size(*plan.shape[-2:], hires)
     shape = shape_at(config, *size.target)
     steps = hires.steps or plan.request.steps

@@ -39,7 +39,8 @@ CONDITION_FIELDS = {"label": "class", "prompt": "text"}  # Request (and Guidance
 class Request:
     """What to generate. `sampler` is a difflab sampler or a web UI name ("DPM++ 2M Karras"); `grid` None is the one
     the name implies (a difflab sampler: its default); `options` are the sampler's keyword options (eta, s_churn, ...).
-    Sample i uses seed + i. `start` [n or 1, *shape] and `sigma_start` begin sampling from a start image (img2img)."""
+    Sample i uses seed + i. `start` [n or 1, *shape] and `sigma_start` begin sampling from a start image (img2img).
+    `sigmas` (steps of them, descending) are the noise levels to sample on, given instead of the grid's spacing."""
 
     label: int | None = None
     prompt: str | None = None
@@ -47,6 +48,7 @@ class Request:
     sampler: str = "ddim"
     grid: GridKind | None = None
     sections: str | None = None
+    sigmas: tuple[float, ...] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     steps: int = 50
     n: int = 1
@@ -74,10 +76,14 @@ class Plan:
     warnings: tuple[str, ...] = ()  # what was dropped, and why
     decode: Decode | None = None  # the sampler's output -> images: a latent model's decoder (Model.decoder)
 
+    def grid(self) -> torch.Tensor:
+        """The noise levels this plan samples on, descending to 0 (before any start level cuts them)."""
+        return request_grid(self.request, self.denoiser, self.sampler)
+
     def _arguments(self) -> dict[str, Any]:
         request = self.request
         return dict(sampler=self.sampler.sampler, steps=request.steps, grid=self.sampler.grid,
-                    sections=request.sections, seed=request.seed, batch=request.batch, cond=self.cond,
+                    sections=request.sections, levels=request.sigmas, seed=request.seed, batch=request.batch, cond=self.cond,
                     options=self.options, guidance=self.guidance, start=request.start, sigma_start=request.sigma_start,
                     decode=self.decode, start_noised=request.start_noised, inpaint=request.inpaint)
 
@@ -101,11 +107,10 @@ def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig,
     grid = request.grid or (None if student is None else student.kind)
     sampler, options = choose_sampler(request.sampler, grid, request.sections, request.options, denoiser, dialect)
     try:
-        make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections)
+        sigmas = request_grid(request, denoiser, sampler)
     except DifflabError as err:
         raise dialect.error("steps", str(err)) from None
-    reason = None if student is None else student.check(
-        make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections), sampler.sampler, dialect.web_ui)
+    reason = None if student is None else student.check(sigmas, sampler.sampler, dialect.web_ui)
     if reason is not None:
         raise dialect.error("steps", reason)
     guidance, class_names = plan_guidance(request.guidance, config, dialect)
@@ -114,6 +119,11 @@ def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig,
     plan = Plan(request, denoiser, tuple(config.data_shape), sampler, options,
                 None if row is None else row.repeat(request.n), guidance, class_names, warnings, decode=decode)
     return apply_controls(plan, request.controls)
+
+
+def request_grid(request: Request, denoiser: Denoiser, sampler: SamplerName) -> torch.Tensor:
+    """The request's noise levels: its own sigmas, or its steps on the sampler's grid."""
+    return make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections, request.sigmas)
 
 
 def drop_unusable(request: Request, config: ExperimentConfig, dialect: Dialect) -> tuple[Request, tuple[str, ...]]:

@@ -20,7 +20,6 @@ import torch
 from difflab.edit.images import RESIZE_MODES, prepare_image, prepare_mask
 from difflab.edit.img2img import FILLS, Edit, MaskRequest, plan_edit
 from difflab.edit.inpaint import repaint_path
-from difflab.grids import make_grid
 from difflab.pipelines.dialect import RequestError
 from difflab.pipelines.start import cut_grid
 from difflab.serve.a1111 import decode_image
@@ -76,7 +75,7 @@ class Img2Img(Txt2Img):
         edit = self.part(0)
         if edit.runs:
             request = edit.plan.request
-            grid = make_grid(self.model.denoiser.schedule, request.steps, edit.plan.sampler.grid, request.sections)
+            grid = edit.plan.grid()
             steps = len(grid if request.sigma_start is None else cut_grid(grid, request.sigma_start)) - 1
             if self.mask is not None and self.mask.method == "repaint":
                 steps = len(repaint_path(steps, self.mask.jump_length, self.mask.jump_n)) - 1
