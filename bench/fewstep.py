@@ -5,7 +5,8 @@ NFE 1, 2, 4, 8 for
   - the progressive-distillation students (each round on its own grid: `difflab distill progressive`),
   - a consistency-distilled model (`difflab distill consistency`) and a consistency-trained one
     (`difflab train-consistency`), with the consistency sampler (1 step; 2, 4, 8 with re-noising on the trailing
-    or Karras grid of the model),
+    or Karras grid of the model, or at the levels --consistency-sigmas gives for that NFE), and the distilled
+    model's 2-step FD against its re-noising level (--midpoints),
   - the teacher with DPM-Solver++(2M),
 and the reference: DDPM ancestral sampling on the full 1000-step chain (--reference-n samples; or a figure given
 with --reference-fd when it was measured elsewhere).
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 
 from difflab.commands import BUNDLED_MODEL
+from difflab.commands.sample import noise_levels
 from difflab.eval.plots import plot_fd_vs_nfe
 from difflab.eval.report import evaluate_images
 from difflab.images import to_uint8
@@ -58,11 +60,21 @@ def quality(args: argparse.Namespace) -> dict:
         for path in sorted(Path(args.pd).glob("round_*/student.safetensors")):
             grid = load_model(path).checkpoint.config.student_grid
             record("progressive distillation", grid.steps, str(path), sampler="ddim", steps=grid.steps, grid=grid.kind)
+    given = {len(levels): levels for levels in args.consistency_sigmas}
     for name, path in (("consistency distillation", args.cd), ("consistency training", args.ct)):
         if path:
             grid = load_model(path).denoiser.default_grid
             for nfe in NFES:
-                record(name, nfe, path, sampler="consistency", steps=nfe, grid=grid)
+                record(name, nfe, path, sampler="consistency", steps=nfe,
+                       **({"levels": given[nfe]} if nfe in given else {"grid": grid}))
+    midpoints = []
+    if args.midpoints:
+        denoiser = load_model(args.cd).denoiser
+        for sigma in args.midpoints:
+            fd, _ = fd_of(denoiser, args.n, args.seed, sampler="consistency", steps=2,
+                          levels=(denoiser.sigma_max, sigma))
+            midpoints.append({"sigma": sigma, "fd": fd})
+            print(f"consistency distillation, 2 steps re-noised at sigma {sigma:g}: FD {fd:.2f}", flush=True)
     for nfe in args.teacher_dpm:
         record("teacher, DPM++ 2M", nfe, args.teacher, sampler="dpmpp_2m", steps=nfe, grid="trailing")
     for nfe in args.teacher_ddim:
@@ -76,7 +88,7 @@ def quality(args: argparse.Namespace) -> dict:
         reference = {"fd": args.reference_fd, "n": args.n, "source": args.reference_source,
                      "label": args.reference_label, "nfe": args.reference_nfe}
     print(f"reference: {reference}")
-    return {"n": args.n, "curves": rows, "reference": reference}
+    return {"n": args.n, "curves": rows, "reference": reference, "midpoints": midpoints}
 
 
 def speed(args: argparse.Namespace) -> dict:
@@ -130,6 +142,10 @@ def main() -> None:
     parser.add_argument("--pd", help="folder of `difflab distill progressive` (round_K/student.safetensors)")
     parser.add_argument("--cd", help="consistency-distilled student.safetensors")
     parser.add_argument("--ct", help="consistency-trained student.safetensors")
+    parser.add_argument("--consistency-sigmas", nargs="*", type=noise_levels, default=[], metavar="S1,S2,...",
+                        help="levels for the consistency sampler at NFE = their number, e.g. 157.40728,0.8")
+    parser.add_argument("--midpoints", type=float, nargs="*", default=[],
+                        help="--cd's 2-step FD with re-noising at each of these levels")
     parser.add_argument("--n", type=int, default=1000, help="samples per FD (the issue asks 5,000)")
     parser.add_argument("--teacher-dpm", type=int, nargs="*", default=list(NFES),
                         help="the teacher's DPM++ 2M at these NFE (default 1 2 4 8)")
@@ -159,6 +175,7 @@ def main() -> None:
         if old.get("n") == new["n"]:
             new["curves"] = {**old["curves"], **new["curves"]}
             new["reference"] = new["reference"] if new["reference"]["fd"] else old["reference"]
+            new["midpoints"] = new["midpoints"] or old.get("midpoints", [])
         report["quality"] = new
     Path(args.json).write_text(json.dumps(report, indent=1))
     if "quality" in report:
