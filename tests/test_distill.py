@@ -128,4 +128,5 @@ def test_students_are_components_referring_to_their_frozen_teacher(tiny_teacher,
     assert second.checkpoint.config.prediction == "v"
     cd = load_model(distill_consistency(tiny_teacher, tmp_path / "cd", ConsistencyRecipe(), budget, progress=False))
     assert cd.denoiser.precond.kind == "consistency" and "teacher" in cd.checkpoint.refs
+    assert cd.checkpoint.config.prediction == "v"  # the default, whatever the teacher predicts (eps here)
     assert generate(cd.denoiser, (1, 28, 28), 2, sampler="consistency", steps=1).shape == (2, 1, 28, 28)

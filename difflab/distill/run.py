@@ -117,10 +117,10 @@ def train_student(objective: Objective, config: ExperimentConfig, out: str | Pat
 
 
 def distill_consistency(teacher_path: str | Path, out: str | Path, recipe: ConsistencyRecipe, budget: Budget, *,
-                        init: str = "teacher", prediction: str | None = None, progress: bool = True,
+                        init: str = "teacher", prediction: str | None = "v", progress: bool = True,
                         resume: bool = False) -> Path:
     """Consistency distillation (Song et al. 2023, Alg. 2) of the teacher; the student starts from its weights
-    (init "teacher") or from scratch, its network predicting `prediction` (default the teacher's) inside the
+    (init "teacher") or from scratch, its network predicting `prediction` (default v; None: the teacher's) inside the
     consistency scalings."""
     teacher = load_teacher(teacher_path)
     config = consistency_config(teacher.config, budget, teacher.denoiser.sigma_min)
