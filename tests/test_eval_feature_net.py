@@ -120,6 +120,9 @@ def test_cli_samples_a_toy_checkpoint_and_reads_back_the_same_numbers(tmp_path, 
     from_file = json.loads(capsys.readouterr().out)
     assert from_file["swd"] == pytest.approx(from_checkpoint["swd"], rel=1e-5)
     assert from_file["energy"] == pytest.approx(from_checkpoint["energy"], rel=1e-4)
+    assert main(["eval", str(tmp_path / "toy.safetensors"), "--n", "200", "--sigmas", "5,1,0.5", "--json"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert (given["steps"], given["sigmas"]) == (3, "5,1,0.5") and "sigmas" not in from_checkpoint
 
 
 @needs_data

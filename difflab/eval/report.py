@@ -17,6 +17,7 @@ DESCRIPTIONS = {
     "source": "evaluated",
     "sampler": "sampler",
     "steps": "sampler steps",
+    "sigmas": "noise levels (--sigmas)",
     "generate_seconds": "sampling time (s)",
     "n": "samples",
     "reference": "reference set",
