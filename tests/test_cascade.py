@@ -16,6 +16,7 @@ from difflab.cli import main
 from difflab.conditioning import Condition
 from difflab.data import Dataset
 from difflab.errors import DifflabError
+from difflab.grids import make_grid
 from difflab.images import to_uint8
 from difflab.lowres import augment, downsample, upsample
 from difflab.nets import network_config, network_spec
@@ -150,7 +151,14 @@ def test_sample_cascade_command(tmp_path, stages):
     assert main(["sample", "--cascade", str(base), str(sr), "--n", "3", "--class", "1", "--steps", "4",
                  "--sr-sampler", "euler", "--sr-steps", "3", "--noise-level", "0.2", "--seed", "5",
                  "--out", str(out)]) == 0
-    assert np.array_equal(np.load(out)["images"], to_uint8(cascade(stages, label=1).samples))
+    expected = to_uint8(cascade(stages, label=1).samples)
+    assert np.array_equal(np.load(out)["images"], expected)
+    # --sigmas names the base's levels only: the SR stage keeps its own 3-step grid
+    levels = make_grid(stages[0][1].schedule, 4, "trailing")[:-1].tolist()
+    assert main(["sample", "--cascade", str(base), str(sr), "--n", "3", "--class", "1", "--sampler", "ddim",
+                 "--sigmas", ",".join(map(repr, levels)), "--sr-sampler", "euler", "--sr-steps", "3",
+                 "--noise-level", "0.2", "--seed", "5", "--out", str(out)]) == 0
+    assert np.array_equal(np.load(out)["images"], expected)
 
 
 def test_super_resolution_config_declares_its_conditions():
