@@ -5,7 +5,8 @@ NFE 1, 2, 4, 8 for
   - the progressive-distillation students (each round on its own grid: `difflab distill progressive`),
   - a consistency-distilled model (`difflab distill consistency`) and a consistency-trained one
     (`difflab train-consistency`), with the consistency sampler (1 step; 2, 4, 8 with re-noising on the trailing
-    or Karras grid of the model, or at the levels --consistency-sigmas gives for that NFE), and the distilled
+    or Karras grid of the model, at the levels --consistency-sigmas gives for that NFE, or else at those `difflab
+    distill levels` recorded in the model where they cover it), and the distilled
     model's 2-step FD against its re-noising level (--midpoints),
   - the teacher with DPM-Solver++(2M),
 and the reference: DDPM ancestral sampling on the full 1000-step chain (--reference-n samples; or a figure given
@@ -66,10 +67,12 @@ def quality(args: argparse.Namespace) -> dict:
     given = {len(levels): levels for levels in args.consistency_sigmas}
     for name, path in (("consistency distillation", args.cd), ("consistency training", args.ct)):
         if path:
-            grid = load_model(path).denoiser.default_grid
+            model = load_model(path)
+            chosen = model.checkpoint.config.consistency_levels  # difflab distill levels'
             for nfe in NFES:
+                levels = given.get(nfe) or (None if chosen is None else chosen.sampling(nfe))
                 record(name, nfe, path, sampler="consistency", steps=nfe,
-                       **({"levels": given[nfe]} if nfe in given else {"grid": grid}))
+                       **({"grid": model.denoiser.default_grid} if levels is None else {"levels": levels}))
     midpoints = []
     if args.midpoints:
         denoiser = load_model(args.cd).denoiser

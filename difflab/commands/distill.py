@@ -2,10 +2,12 @@
 
   difflab distill progressive --teacher CKPT --rounds K --teacher-steps 16   # Salimans & Ho 2022: K halvings
   difflab distill consistency --teacher CKPT                                 # Song et al. 2023: CD
+  difflab distill levels STUDENT --steps 4               # a consistency model's re-noising levels, chosen by FD
 
 An interrupted run (Ctrl-C, SIGTERM) continues exactly with the same command and --resume.
 Each student is a component (OUT/.../student.safetensors) that refers to its teacher by path and sha256; sample it
-with `difflab sample STUDENT` (a progressive student on its own grid, a consistency model with --sampler consistency).
+with `difflab sample STUDENT` (a progressive student on its own grid, a consistency model with --sampler consistency:
+on the re-noising levels `difflab distill levels` chose for it, recorded in the file, where they cover --steps).
 """
 
 from __future__ import annotations
@@ -14,8 +16,14 @@ import argparse
 
 from difflab.commands import BUNDLED_MODEL, positive_float, positive_int, set_threads
 from difflab.distill.consistency import ConsistencyRecipe
+from difflab.distill.levels import tune_levels
 from difflab.distill.run import Budget, distill_consistency, distill_progressive
 from difflab.prediction import PREDICTIONS
+
+LEVELS_HELP = """Choose a consistency model's re-noising levels for multistep sampling as the consistency models reference
+code does: one level at a time, each by a ternary search over the levels the model was trained at, scored by the FD
+of --n samples (the same seeds in every probe) against the Fashion-MNIST test set. They are recorded in the model's file, and `difflab sample STUDENT
+--sampler consistency --steps K` (or the web UI's LCM sampler) then samples on them."""
 
 
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,6 +85,18 @@ def register(subparsers) -> None:
     add_consistency_arguments(cd)
     add_budget_arguments(cd)
     cd.set_defaults(handler=run_consistency)
+    levels = kinds.add_parser("levels", help="choose a consistency model's re-noising levels by FD",
+                              description=LEVELS_HELP)
+    levels.add_argument("student", help="a consistency model (difflab distill consistency, difflab train-consistency)")
+    levels.add_argument("--steps", type=positive_int("--steps"), default=2,
+                        help="the most sampling steps to choose levels for (default 2); fewer steps use the first ones")
+    levels.add_argument("--n", type=positive_int("--n"), default=1000, help="samples per FD (default 1000)")
+    levels.add_argument("--seed", type=int, default=0, help="sample i uses seed + i, in every probe (default 0)")
+    levels.add_argument("--batch", type=positive_int("--batch"), default=250, help="default 250")
+    levels.add_argument("--levels", type=positive_int("--levels"),
+                        help="N of the Karras grid the model was trained at, for a model that does not record it")
+    levels.add_argument("--threads", type=int, help="CPU threads for torch")
+    levels.set_defaults(handler=run_levels)
 
 
 def run_progressive(args: argparse.Namespace) -> int:
@@ -93,4 +113,19 @@ def run_consistency(args: argparse.Namespace) -> int:
     path = distill_consistency(args.teacher, args.out, recipe(args), budget(args), init=args.init,
                                prediction=args.prediction, resume=args.resume)
     print(f"consistency model {path}; sample with `difflab sample {path} --sampler consistency --steps 1`")
+    return 0
+
+
+def run_levels(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
+
+    def report(sigmas: tuple[float, ...], fd: float) -> None:
+        print(f"FD {fd:8.3f}  at {','.join(f'{s:.4g}' for s in sigmas)}", flush=True)
+
+    chosen, _ = tune_levels(args.student, args.steps, n=args.n, seed=args.seed, batch=args.batch, levels=args.levels,
+                            report=report)
+    for steps in range(2, len(chosen.renoise) + 2):
+        print(f"{steps} steps: --sigmas {','.join(repr(s) for s in chosen.sampling(steps))}")
+    print(f"recorded in {args.student}: `difflab sample {args.student} --sampler consistency --steps K` "
+          f"(K <= {len(chosen.renoise) + 1}) samples on these levels")
     return 0

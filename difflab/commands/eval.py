@@ -69,7 +69,7 @@ def generate_samples(args: argparse.Namespace, shard: Shard, device: torch.devic
                            "1x28x28 Fashion-MNIST images or 2-D toy points")
     start = time.perf_counter()
     x = replace(plan, cond=None if labels is None else Condition(labels)).sample(progress=shard.is_main)
-    levels = {} if args.sigmas is None else {"sigmas": ",".join(f"{level:g}" for level in args.sigmas)}
+    levels = {} if plan.levels is None else {"sigmas": ",".join(f"{level:g}" for level in plan.levels)}
     info = {"sampler": args.sampler, "steps": args.steps, **levels, **guidance_settings(args),
             "generate_seconds": round(time.perf_counter() - start, 1)}
     if args.save and shard.is_main:

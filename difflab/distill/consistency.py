@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from difflab.denoiser import Denoiser
+from difflab.distill.student import ConsistencyLevels
 from difflab.errors import DifflabError
 from difflab.grids import karras_sigmas
 from difflab.samplers.common import to_d
@@ -174,6 +175,12 @@ class ConsistencyObjective(Objective):
         # lambda(t_n): 1 (Song et al. 2023), 1 / (t_{n+1} - t_n) for iCT (Song & Dhariwal 2023, Sec. 3.4)
         weight = 1 / (t_next - t_n) if self.recipe.curriculum == "ict" else torch.ones_like(t_n)
         return weight.float() * distance(online, target, self.recipe.metric).float(), None
+
+    def trained_levels(self) -> ConsistencyLevels:
+        """The levels of the last step's grid, descending: where f has been fitted."""
+        levels = levels_at(self.recipe, max(self.k - 1, 0), self.total)
+        grid = level_grid(self.sigma_min, self.sigma_max, levels, self.recipe.rho)
+        return ConsistencyLevels(tuple(grid.flip(0).tolist()))
 
     def state(self) -> dict[str, dict[str, torch.Tensor]]:
         recipe = torch.tensor(list(json.dumps(asdict(self.recipe)).encode()), dtype=torch.uint8)

@@ -87,7 +87,9 @@ def check_same_run(saved: Checkpoint, path: Path, config: ExperimentConfig, obje
     """Refuse, in one line, to resume a run saved at `path` that this command would not have started: another config
     (but for the budget) or another frozen teacher."""
     budget = {"steps": saved.config.train.steps, "minutes": saved.config.train.minutes}
-    differ = differences(replace(config, train=replace(config.train, **budget)).to_dict(), saved.config.to_dict())
+    # the budget may change, and the levels recorded (difflab distill levels) are an outcome, not a setting
+    ours = replace(config, train=replace(config.train, **budget), consistency_levels=saved.config.consistency_levels)
+    differ = differences(ours.to_dict(), saved.config.to_dict())
     if differ:
         raise DifflabError(f"--resume: the run saved at {path} has other settings ({', '.join(differ)}); give the "
                            f"flags it was started with (only --steps and --minutes may change)")
@@ -111,6 +113,8 @@ def train_student(objective: Objective, config: ExperimentConfig, out: str | Pat
     if saved is not None:
         loop.restore(saved)
     loop.run()
+    if isinstance(objective, ConsistencyObjective):  # where f was fitted, for choosing its re-noising levels
+        config = replace(config, consistency_levels=objective.trained_levels())
     path = Path(out) / CHECKPOINT
     save_checkpoint(path, config, loop.step, model=objective.module, ema=loop.ema.model, refs=objective.frozen)
     return path

@@ -1,4 +1,5 @@
-"""The grid a progressive-distillation student is valid for, recorded in its config and checked at sampling."""
+"""What a distilled student records in its config for sampling: the grid a progressive-distillation student is valid
+for (checked at sampling), and the levels a consistency model was trained at with its tuned re-noising levels."""
 
 from __future__ import annotations
 
@@ -45,3 +46,28 @@ class StudentGrid:
 
 STUDENT_SAMPLERS = ("ddim", "euler", "paradigms_ddim")  # DDIM(eta = 0) steps: euler is the same update in VE
 STUDENT_SAMPLER_NAMES = ("DDIM", "Euler", "ParaDiGMS DDIM")  # the web UI's names of the same samplers
+
+
+@dataclass(frozen=True)
+class ConsistencyLevels:
+    """A consistency model's training levels (descending, recorded when training ends: f is fitted only there) and
+    the re-noising levels chosen for multistep sampling (descending, by `difflab distill levels`; empty until then)."""
+
+    trained: tuple[float, ...]
+    renoise: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("trained", "renoise"):
+            object.__setattr__(self, name, tuple(float(s) for s in getattr(self, name)))
+        if len(self.trained) < 2 or any(b >= a for a, b in zip(self.trained, self.trained[1:])):
+            raise DifflabError(f"consistency_levels.trained must be 2+ levels in decreasing order, got {self.trained}")
+        if any(b >= a for a, b in zip((self.trained[0],) + self.renoise, self.renoise)):
+            raise DifflabError(f"consistency_levels.renoise must decrease from below {self.trained[0]:g}, got "
+                               f"{self.renoise}")
+
+    def sampling(self, steps: int) -> tuple[float, ...] | None:
+        """The `steps` levels of multistep sampling (the top training level, then the first steps - 1 re-noising
+        ones), or None when fewer have been chosen."""
+        if not self.renoise or steps - 1 > len(self.renoise):
+            return None
+        return (self.trained[0],) + self.renoise[: steps - 1]

@@ -17,7 +17,7 @@ DESCRIPTIONS = {
     "source": "evaluated",
     "sampler": "sampler",
     "steps": "sampler steps",
-    "sigmas": "noise levels (--sigmas)",
+    "sigmas": "noise levels (--sigmas, or the chosen ones)",
     "generate_seconds": "sampling time (s)",
     "n": "samples",
     "reference": "reference set",
@@ -44,6 +44,11 @@ def evaluate_images(images: np.ndarray, labels: np.ndarray | None = None, *, dat
     """Metrics of uint8 images [N, 28, 28] against the Fashion-MNIST test set in the feature net's space."""
     samples = extract(bundled_feature_net()[0], images, progress=progress)
     return evaluate_features(samples, labels, data_root=data_root, k=k, kid_subsets=kid_subsets, seed=seed)
+
+
+def frechet_distance_of_images(images: np.ndarray) -> float:
+    """FD alone (evaluate_images' first metric) of uint8 images [N, 28, 28] against the Fashion-MNIST test set."""
+    return frechet_distance_of(extract(bundled_feature_net()[0], images).features, reference_features()[0].features)
 
 
 def evaluate_features(samples: Features, labels: np.ndarray | None = None, *, data_root: str | None = None,

@@ -75,15 +75,16 @@ class Plan:
     class_names: tuple[str, ...] | None  # what labels index: the model's classes, or a guiding classifier's
     warnings: tuple[str, ...] = ()  # what was dropped, and why
     decode: Decode | None = None  # the sampler's output -> images: a latent model's decoder (Model.decoder)
+    levels: tuple[float, ...] | None = None  # the request's sigmas, or a consistency model's chosen ones; None: grid
 
     def grid(self) -> torch.Tensor:
         """The noise levels this plan samples on, descending to 0 (before any start level cuts them)."""
-        return request_grid(self.request, self.denoiser, self.sampler)
+        return request_grid(self.request, self.denoiser, self.sampler, self.levels)
 
     def _arguments(self) -> dict[str, Any]:
         request = self.request
         return dict(sampler=self.sampler.sampler, steps=request.steps, grid=self.sampler.grid,
-                    sections=request.sections, levels=request.sigmas, seed=request.seed, batch=request.batch, cond=self.cond,
+                    sections=request.sections, levels=self.levels, seed=request.seed, batch=request.batch, cond=self.cond,
                     options=self.options, guidance=self.guidance, start=request.start, sigma_start=request.sigma_start,
                     decode=self.decode, start_noised=request.start_noised, inpaint=request.inpaint)
 
@@ -106,8 +107,9 @@ def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig,
     student = config.student_grid  # a progressive-distillation student (difflab.distill.progressive): on its grid
     grid = request.grid or (None if student is None else student.kind)
     sampler, options = choose_sampler(request.sampler, grid, request.sections, request.options, denoiser, dialect)
+    levels = request.sigmas or chosen_levels(request, config, sampler)
     try:
-        sigmas = request_grid(request, denoiser, sampler)
+        sigmas = request_grid(request, denoiser, sampler, levels)
     except DifflabError as err:
         raise dialect.error("steps", str(err)) from None
     reason = None if student is None else student.check(sigmas, sampler.sampler, dialect.web_ui)
@@ -117,13 +119,24 @@ def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig,
     row = request_condition(config, label=request.label, prompt=request.prompt, class_names=class_names,
                             dialect=dialect)
     plan = Plan(request, denoiser, tuple(config.data_shape), sampler, options,
-                None if row is None else row.repeat(request.n), guidance, class_names, warnings, decode=decode)
+                None if row is None else row.repeat(request.n), guidance, class_names, warnings, decode=decode,
+                levels=levels)
     return apply_controls(plan, request.controls)
 
 
-def request_grid(request: Request, denoiser: Denoiser, sampler: SamplerName) -> torch.Tensor:
-    """The request's noise levels: its own sigmas, or its steps on the sampler's grid."""
-    return make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections, request.sigmas)
+def request_grid(request: Request, denoiser: Denoiser, sampler: SamplerName,
+                 levels: tuple[float, ...] | None) -> torch.Tensor:
+    """The request's noise levels: the given `levels`, or its steps on the sampler's grid."""
+    return make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections, levels)
+
+
+def chosen_levels(request: Request, config: ExperimentConfig, sampler: SamplerName) -> tuple[float, ...] | None:
+    """The re-noising levels chosen for a consistency model (difflab distill levels) where the request names no grid
+    and they cover its steps, else None."""
+    levels = config.consistency_levels
+    if sampler.sampler != "consistency" or levels is None or request.grid is not None:
+        return None
+    return levels.sampling(request.steps)
 
 
 def drop_unusable(request: Request, config: ExperimentConfig, dialect: Dialect) -> tuple[Request, tuple[str, ...]]:

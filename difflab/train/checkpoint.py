@@ -125,10 +125,21 @@ def save_checkpoint(
     if scaler is not None and scaler.is_enabled():  # fp16 loss scale and clean steps since it last grew
         tensors["scaler.scale"] = torch.tensor(scaler.get_scale(), dtype=torch.float64)
         tensors["scaler.growth_tracker"] = torch.tensor(scaler.state_dict()["_growth_tracker"])
+    write_component(path, tensors, metadata, config)
+
+
+def write_component(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], config) -> None:
+    """Write the tensors and metadata atomically (temporary file, fsync, rename), then config.json beside them."""
     payload = save_bytes(tensors, metadata=metadata)
     atomic_write(path, lambda f: f.write(payload))
     config_text = json.dumps(config.to_dict(), indent=2).encode()
     atomic_write(Path(path).with_name("config.json"), lambda f: f.write(config_text))
+
+
+def rewrite_config(path: str | Path, config) -> None:
+    """Record another config in a component file, keeping its tensors and its other metadata."""
+    tensors, metadata = read_safetensors(path, "checkpoint")
+    write_component(path, tensors, {**metadata, "config": json.dumps(config.to_dict())}, config)
 
 
 def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from difflab.distill.student import StudentGrid
+from difflab.distill.student import ConsistencyLevels, StudentGrid
 from difflab.denoiser import EDMConfig, PrecondConfig, VPConfig, precond_config
 from difflab.errors import DifflabError
 from difflab.nets import network_config, network_spec
@@ -79,6 +79,7 @@ class ExperimentConfig:
     data_shape: tuple[int, ...] = (1, 28, 28)  # one example, filled in from the data set
     class_names: tuple[str, ...] | None = None
     student_grid: StudentGrid | None = None  # a progressive-distillation student: the grid it is valid for
+    consistency_levels: ConsistencyLevels | None = None  # a consistency model: its training and re-noising levels
 
     def __post_init__(self) -> None:
         learned = self.network.learned_variance
@@ -108,6 +109,7 @@ class ExperimentConfig:
             "data_shape": list(self.data_shape),
             "class_names": None if self.class_names is None else list(self.class_names),
             **({} if self.student_grid is None else {"student_grid": asdict(self.student_grid)}),
+            **({} if self.consistency_levels is None else {"consistency_levels": asdict(self.consistency_levels)}),
         }
 
     @classmethod
@@ -124,6 +126,8 @@ class ExperimentConfig:
             data_shape=tuple(spec.get("data_shape", (1, 28, 28))),
             class_names=None if spec.get("class_names") is None else tuple(spec["class_names"]),
             student_grid=None if spec.get("student_grid") is None else StudentGrid(**spec["student_grid"]),
+            consistency_levels=(None if spec.get("consistency_levels") is None
+                                else _typed(ConsistencyLevels, spec["consistency_levels"], "consistency_levels")),
         )
 
 
