@@ -15,6 +15,7 @@ from difflab.distill.consistency import ConsistencyRecipe, level_grid
 from difflab.distill.levels import choose_renoise, ternary_search, training_levels, tune_levels
 from difflab.distill.run import Budget, distill_consistency
 from difflab.distill.student import ConsistencyLevels
+from difflab.edit.img2img import plan_edit
 from difflab.errors import DifflabError
 from difflab.model import load_model
 from difflab.nets import build_network
@@ -121,6 +122,8 @@ def test_training_records_its_levels_and_tuning_records_the_chosen_ones(student,
         assert plan_request(request, denoiser, config).levels is None
     given = (denoiser.sigma_max, 1.0)
     assert plan_request(Request(sampler="consistency", steps=2, sigmas=given), denoiser, config).levels == given
+    edit = plan_edit(plan, load_model(student), torch.zeros(1, 1, 28, 28), 0.5)  # img2img cuts its own grid
+    assert edit.plan.levels is None and edit.sample().shape == (1, 1, 28, 28)
 
 
 def test_a_model_without_recorded_levels_needs_their_count(student):

@@ -128,4 +128,4 @@ def plan_edit(plan: Plan, model, images: torch.Tensor, strength: float, *, exact
     begins = levels.sigma_start is not None
     edited = replace(request, steps=levels.steps, start=start if begins else None, sigma_start=levels.sigma_start,
                      inpaint=inpainting)
-    return Edit(replace(plan, request=edited), True, images, overlay)
+    return Edit(replace(plan, request=edited, levels=None), True, images, overlay)  # its own grid

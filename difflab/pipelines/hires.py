@@ -117,7 +117,7 @@ def plan_hires(plan: Plan, config: ExperimentConfig, hires: Hires) -> tuple[Plan
     if not levels.runs:
         return None, size
     request = replace(plan.request, steps=levels.steps, sigma_start=levels.sigma_start)
-    return replace(plan, request=request, shape=shape), size
+    return replace(plan, request=request, shape=shape, levels=None), size  # its own grid
 
 
 def run_hires(plan: Plan, config: ExperimentConfig, hires: Hires, *, upscaler: SuperResolution | None = None,
