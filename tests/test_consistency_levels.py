@@ -100,6 +100,10 @@ def test_training_records_its_levels_and_tuning_records_the_chosen_ones(student,
     with pytest.raises(DifflabError, match="records the levels it was trained at; leave --levels out"):
         training_levels(model, 8)
     before = load_checkpoint(student).tensors
+    sample = ["sample", str(student), "--sampler", "consistency", "--n", "2", "--out", str(student.parent / "s.png"),
+              "--threads", "1"]
+    assert main(sample) == 0
+    assert "(consistency, 1 steps" in capsys.readouterr().out  # no levels chosen yet: one step from the prior
 
     assert main(["distill", "levels", str(student), "--steps", "3", "--n", "8", "--batch", "8"]) == 0
     out = capsys.readouterr().out
@@ -122,6 +126,8 @@ def test_training_records_its_levels_and_tuning_records_the_chosen_ones(student,
         assert plan_request(request, denoiser, config).levels is None
     given = (denoiser.sigma_max, 1.0)
     assert plan_request(Request(sampler="consistency", steps=2, sigmas=given), denoiser, config).levels == given
+    assert main(sample) == 0
+    assert "(consistency, 3 steps" in capsys.readouterr().out  # the most steps the chosen levels cover
     edit = plan_edit(plan, load_model(student), torch.zeros(1, 1, 28, 28), 0.5)  # img2img cuts its own grid
     assert edit.plan.levels is None and edit.sample().shape == (1, 1, 28, 28)
 

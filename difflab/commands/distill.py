@@ -126,6 +126,6 @@ def run_levels(args: argparse.Namespace) -> int:
                             report=report)
     for steps in range(2, len(chosen.renoise) + 2):
         print(f"{steps} steps: --sigmas {','.join(repr(s) for s in chosen.sampling(steps))}")
-    print(f"recorded in {args.student}: `difflab sample {args.student} --sampler consistency --steps K` "
-          f"(K <= {len(chosen.renoise) + 1}) samples on these levels")
+    print(f"recorded in {args.student}: `difflab sample {args.student} --sampler consistency` samples on them, with "
+          f"{len(chosen.renoise) + 1} steps unless --steps says fewer")
     return 0

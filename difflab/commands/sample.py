@@ -19,7 +19,7 @@ from difflab.grids import GRIDS
 from difflab.images import save_samples
 from difflab.pipelines.dialect import CLI
 from difflab.pipelines.request import Request, plan_request
-from difflab.pipelines.samplers import OPTION_RANGES, choose_sampler
+from difflab.pipelines.samplers import OPTION_RANGES, choose_sampler, resolve_sampler
 from difflab.samplers.common import StepInfo
 from difflab.model import Model, load_model
 from difflab.adapters.use import apply_adapters
@@ -30,7 +30,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", default="ddim", help="sampler name (see `difflab samplers`) or a web UI name such as "
                                                      "'DPM++ 2M Karras'; default ddim")
     p.add_argument("--steps", type=positive_int("--steps"),
-                   help="number of grid steps (default 50, or a distilled student's own); for rk45 the number of "
+                   help="number of grid steps (default 50; a progressive student's own; with --sampler consistency "
+                        "the most its chosen re-noising levels cover, else 1); for rk45 the number of "
                         "output levels it stops at, its own steps being chosen by --rtol/--atol; for svgd the number "
                         "of updates")
     p.add_argument("--grid", choices=GRIDS, help="noise-level spacing (default: the one a web UI sampler name implies, "
@@ -79,11 +80,22 @@ def sampler_options(args: argparse.Namespace, denoiser: Denoiser) -> dict:
     return choose_sampler(args.sampler, args.grid, args.sections, options, denoiser, CLI)[1]
 
 
+def default_steps(model: Model, sampler: str) -> int:
+    """50; a progressive-distillation student's own steps; for the consistency sampler the most steps the re-noising
+    levels chosen for the model cover (FD falls with each: README, Few-step sampling), else 1."""
+    config = model.checkpoint.config
+    if config.student_grid is not None:
+        return config.student_grid.steps
+    if sampler == "consistency":
+        chosen = config.consistency_levels
+        return 1 + (0 if chosen is None else len(chosen.renoise))
+    return 50
+
+
 def request_from_args(args: argparse.Namespace, model: Model, n: int, label: int | None = None,
                       prompt: str | None = None) -> Request:
     """The Request that the sampling and guidance flags ask for, for `model`."""
     denoiser = model.denoiser
-    student = model.checkpoint.config.student_grid  # a progressive-distillation student samples on its own grid
     if args.sigmas is not None:
         given = [flag for flag, value in (("--grid", args.grid), ("--sections", args.sections)) if value is not None]
         given += ["--steps"] if args.steps not in (None, len(args.sigmas)) else []  # set here on an earlier call
@@ -91,7 +103,7 @@ def request_from_args(args: argparse.Namespace, model: Model, n: int, label: int
             raise DifflabError(f"--sigmas gives the levels themselves: leave out {' and '.join(given)}")
         args.steps = len(args.sigmas)
     if args.steps is None:
-        args.steps = 50 if student is None else student.steps
+        args.steps = default_steps(model, resolve_sampler(args.sampler, args.grid, CLI, denoiser.default_grid).sampler)
     return Request(label=label, prompt=prompt, guidance=guidance_request(args, model.files.get("classifier")),
                    sampler=args.sampler, grid=args.grid, sections=args.sections, sigmas=args.sigmas,
                    options=sampler_options(args, denoiser), steps=args.steps, n=n,
