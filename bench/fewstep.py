@@ -69,7 +69,7 @@ def quality(args: argparse.Namespace) -> dict:
         if path:
             model = load_model(path)
             chosen = model.checkpoint.config.consistency_levels  # difflab distill levels'
-            for nfe in NFES:
+            for nfe in args.nfes:
                 levels = given.get(nfe) or (None if chosen is None else chosen.sampling(nfe))
                 record(name, nfe, path, sampler="consistency", steps=nfe,
                        **({"grid": model.denoiser.default_grid} if levels is None else {"levels": levels}))
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--midpoints", type=float, nargs="*", default=[],
                         help="--cd's 2-step FD with re-noising at each of these levels")
     parser.add_argument("--n", type=int, default=1000, help="samples per FD (the issue asks 5,000)")
+    parser.add_argument("--nfes", type=int, nargs="+", default=list(NFES),
+                        help="the consistency models' NFE (default 1 2 4 8)")
     parser.add_argument("--teacher-dpm", type=int, nargs="*", default=list(NFES),
                         help="the teacher's DPM++ 2M at these NFE (default 1 2 4 8)")
     parser.add_argument("--teacher-ddim", type=int, nargs="*", default=[], help="also the teacher's DDIM at these NFE")
