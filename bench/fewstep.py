@@ -37,18 +37,21 @@ from difflab.commands import BUNDLED_MODEL
 from difflab.commands.sample import noise_levels
 from difflab.eval.plots import plot_fd_vs_nfe
 from difflab.eval.report import evaluate_images
-from difflab.images import to_uint8
+from difflab.images import save_samples, to_uint8
 from difflab.model import load_model
 from difflab.pipelines.generate import generate
 
 NFES = (1, 2, 4, 8)
 
 
-def fd_of(denoiser, n: int, seed: int, **arguments) -> tuple[float, float]:
-    """(FD of n samples, seconds to draw them)."""
+def fd_of(denoiser, n: int, seed: int, save: Path | None = None, **arguments) -> tuple[float, float]:
+    """(FD of n samples, seconds to draw them); the samples also go to `save` (.npz) if given."""
     start = time.perf_counter()
     x = generate(denoiser, (1, 28, 28), n, seed=seed, batch=250, **arguments)
     seconds = time.perf_counter() - start
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        save_samples(x, save)
     return evaluate_images(to_uint8(x))["fd"], seconds
 
 
@@ -56,7 +59,8 @@ def quality(args: argparse.Namespace) -> dict:
     rows: dict[str, list[dict]] = {}
 
     def record(method: str, nfe: int, path: str, **arguments) -> None:
-        fd, seconds = fd_of(load_model(path).denoiser, args.n, args.seed, **arguments)
+        save = None if args.save is None else Path(args.save) / f"{method.replace(' ', '_').replace(',', '')}_{nfe}.npz"
+        fd, seconds = fd_of(load_model(path).denoiser, args.n, args.seed, save, **arguments)
         rows.setdefault(method, []).append({"nfe": nfe, "fd": fd, "seconds": round(seconds, 1), **arguments})
         print(f"{method:28s} NFE {nfe:4d}  FD {fd:7.2f}  ({seconds:.0f} s)", flush=True)
 
@@ -164,6 +168,7 @@ def main() -> None:
     parser.add_argument("--reference-label", default="DDPM-1000", help="what --reference-fd measured")
     parser.add_argument("--reference-nfe", type=int, default=1000, help="its network evaluations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save", help="also write each row's samples to FOLDER/METHOD_NFE.npz")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--windows", type=int, nargs="+", default=[4, 8, 16])
