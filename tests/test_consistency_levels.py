@@ -122,6 +122,7 @@ def test_training_records_its_levels_and_tuning_records_the_chosen_ones(student,
     assert lcm.levels == chosen.sampling(3)  # the web UI's LCM with its Automatic scheduler
     for request in (Request(sampler="consistency", steps=4),  # more steps than chosen: the sampler's grid
                     Request(sampler="consistency", steps=2, grid="karras"),  # a grid of the caller's choosing
+                    Request(sampler="LCM Karras", steps=2),  # ... or a scheduler in the name
                     Request(sampler="ddim", steps=2)):
         assert plan_request(request, denoiser, config).levels is None
     given = (denoiser.sigma_max, 1.0)

@@ -24,7 +24,7 @@ from difflab.pipelines.control import apply_controls
 from difflab.pipelines.dialect import CLI, Dialect
 from difflab.pipelines.generate import Decode, generate_batches, generate_sharded
 from difflab.pipelines.guidance import GuidanceRequest, plan_guidance
-from difflab.pipelines.samplers import SamplerName, choose_sampler
+from difflab.pipelines.samplers import SamplerName, choose_sampler, split_scheduler
 from difflab.samplers.common import StepInfo
 from difflab.train.config import ExperimentConfig
 
@@ -132,9 +132,10 @@ def request_grid(request: Request, denoiser: Denoiser, sampler: SamplerName,
 
 def chosen_levels(request: Request, config: ExperimentConfig, sampler: SamplerName) -> tuple[float, ...] | None:
     """The re-noising levels chosen for a consistency model (difflab distill levels) where the request names no grid
-    and they cover its steps, else None."""
+    (nor a scheduler in the sampler's name, as "LCM Karras" does) and they cover its steps, else None."""
     levels = config.consistency_levels
-    if sampler.sampler != "consistency" or levels is None or request.grid is not None:
+    named = request.grid is not None or split_scheduler(request.sampler)[1] is not None
+    if sampler.sampler != "consistency" or levels is None or named:
         return None
     return levels.sampling(request.steps)
 
