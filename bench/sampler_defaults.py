@@ -173,7 +173,8 @@ def read_reference(path: str | None) -> dict | None:
         result = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         raise SystemExit(f"--reference {path}: no `difflab eval --json` result there (yet)") from None
-    return {"label": f"{result['sampler']}, {result['steps']} steps", "fd": result["fd"], "n": result["n"]}
+    label = f"{result['sampler']}, {result['steps']} steps" if "sampler" in result else result["source"]  # or a file's
+    return {"label": label, "fd": result["fd"], "n": result["n"]}
 
 
 def main() -> None:
