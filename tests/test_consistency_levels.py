@@ -79,16 +79,10 @@ def test_the_record_checks_its_levels_and_gives_those_of_each_step_count():
 
 
 @pytest.fixture
-def student(tmp_path, tiny_unet_spec, monkeypatch):
+def student(random_teacher, tmp_path):
     """A consistency model distilled for two steps from a tiny random teacher, at N = 8 levels."""
-    monkeypatch.setattr("difflab.train.loop.plot_loss", lambda *args: None)
-    config = ExperimentConfig.from_dict({"network": tiny_unet_spec, "train": {"batch": 4}})
-    net = build_network(config.network)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    save_checkpoint(tmp_path / "teacher.safetensors", config, 0, model=net)
-    return distill_consistency(tmp_path / "teacher.safetensors", tmp_path / "cd", ConsistencyRecipe(levels=8),
-                               Budget(steps=2, batch=4), progress=False)
+    return distill_consistency(random_teacher, tmp_path / "cd", ConsistencyRecipe(levels=8), Budget(steps=2, batch=4),
+                               progress=False)
 
 
 def test_training_records_its_levels_and_tuning_records_the_chosen_ones(student, capsys):
@@ -152,15 +146,15 @@ def test_only_consistency_models_of_fashion_mnist_images_are_tuned(tmp_path, tin
         tune_levels(tmp_path / "model.safetensors", 2)
 
 
-def test_levels_chosen_on_an_interrupted_run_do_not_stop_its_resume(student, monkeypatch):
-    teacher, out = student.parent.parent / "teacher.safetensors", student.parent.parent / "interrupted"
+def test_levels_chosen_on_an_interrupted_run_do_not_stop_its_resume(random_teacher, student, monkeypatch):
+    out = student.parent.parent / "interrupted"
     run = {"recipe": ConsistencyRecipe(levels=8), "budget": Budget(steps=2, batch=4), "progress": False}
     with monkeypatch.context() as patch:
         interrupt_after(patch, 1)
         with pytest.raises(KeyboardInterrupt):
-            distill_consistency(teacher, out, **run)
+            distill_consistency(random_teacher, out, **run)
     assert load_checkpoint(out / "student.safetensors").optimizer_groups is not None  # resumable ...
     tune_levels(out / "student.safetensors", 2, n=8, batch=8, levels=8)  # ... and tuned meanwhile
-    resumed = distill_consistency(teacher, out, **run, resume=True)
+    resumed = distill_consistency(random_teacher, out, **run, resume=True)
     recorded = load_model(resumed).checkpoint.config.consistency_levels  # training moved f: the choice is dropped
     assert recorded == load_model(student).checkpoint.config.consistency_levels and recorded.renoise == ()

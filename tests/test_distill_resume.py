@@ -9,25 +9,10 @@ from difflab.cli import main
 from difflab.distill.consistency import ConsistencyRecipe
 from difflab.distill.run import Budget, distill_consistency, distill_progressive
 from difflab.errors import DifflabError
-from difflab.nets import build_network
-from difflab.train.checkpoint import load_checkpoint, save_checkpoint
-from difflab.train.config import ExperimentConfig
+from difflab.train.checkpoint import load_checkpoint
 from difflab.train.loop import TrainingLoop
 
 BUDGET = Budget(steps=2, batch=4)
-
-
-@pytest.fixture
-def teacher(tmp_path, tiny_unet_spec, monkeypatch):
-    """A tiny VP teacher with every weight drawn at random (a zero output layer would give the students zero loss);
-    the runs skip their loss plots."""
-    monkeypatch.setattr("difflab.train.loop.plot_loss", lambda *args: None)
-    config = ExperimentConfig.from_dict({"network": tiny_unet_spec, "train": {"batch": 4}})
-    net = build_network(config.network)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    save_checkpoint(tmp_path / "teacher.safetensors", config, 0, model=net)
-    return tmp_path / "teacher.safetensors"
 
 
 def interrupt_after(monkeypatch, calls: int) -> None:
@@ -52,34 +37,35 @@ def assert_same_student(a, b, teacher) -> None:
     assert any(not torch.equal(value, teacher.section("model")[key]) for key, value in a.section("model").items())
 
 
-def test_progressive_resumes_exactly_across_rounds(teacher, tmp_path, monkeypatch):
+def test_progressive_resumes_exactly_across_rounds(random_teacher, tmp_path, monkeypatch):
     run = {"rounds": 2, "teacher_steps": 4, "budget": BUDGET, "progress": False}
-    straight = distill_progressive(teacher, tmp_path / "straight", **run)
+    straight = distill_progressive(random_teacher, tmp_path / "straight", **run)
     with monkeypatch.context() as patch:
         interrupt_after(patch, 3)  # round 1 done, round 2 interrupted after its first step
         with pytest.raises(KeyboardInterrupt):
-            distill_progressive(teacher, tmp_path / "resumed", **run)
+            distill_progressive(random_teacher, tmp_path / "resumed", **run)
     assert load_checkpoint(tmp_path / "resumed" / "round_2" / "student.safetensors").step == 1
-    resumed = distill_progressive(teacher, tmp_path / "resumed", **run, resume=True)
-    for teacher_path, a, b in zip([teacher, *straight], straight, resumed):
+    resumed = distill_progressive(random_teacher, tmp_path / "resumed", **run, resume=True)
+    for teacher_path, a, b in zip([random_teacher, *straight], straight, resumed):
         assert_same_student(a, b, teacher_path)
 
 
-def test_consistency_distillation_resumes_exactly_and_refuses_other_settings(teacher, tmp_path, monkeypatch):
+def test_consistency_distillation_resumes_exactly_and_refuses_other_settings(random_teacher, tmp_path, monkeypatch):
     recipe = ConsistencyRecipe(levels=6, mu=0.9)  # with the EMA target, the objective's own state
-    straight = distill_consistency(teacher, tmp_path / "straight", recipe, BUDGET, progress=False)
+    straight = distill_consistency(random_teacher, tmp_path / "straight", recipe, BUDGET, progress=False)
     with monkeypatch.context() as patch:
         interrupt_after(patch, 1)
         with pytest.raises(KeyboardInterrupt):
-            distill_consistency(teacher, tmp_path / "resumed", recipe, BUDGET, progress=False)
+            distill_consistency(random_teacher, tmp_path / "resumed", recipe, BUDGET, progress=False)
     out = tmp_path / "resumed"
     with pytest.raises(DifflabError, match=r"another consistency recipe \(metric\)"):
-        distill_consistency(teacher, out, ConsistencyRecipe(levels=6, mu=0.9, metric="l2"), BUDGET,
+        distill_consistency(random_teacher, out, ConsistencyRecipe(levels=6, mu=0.9, metric="l2"), BUDGET,
                             progress=False, resume=True)
     with pytest.raises(DifflabError, match=r"other settings \(train.lr\); give the flags"):
-        distill_consistency(teacher, out, recipe, Budget(steps=2, batch=4, lr=1e-3), progress=False, resume=True)
-    assert main(["distill", "consistency", "--teacher", str(teacher), "--out", str(out), "--levels", "6",
+        distill_consistency(random_teacher, out, recipe, Budget(steps=2, batch=4, lr=1e-3), progress=False,
+                            resume=True)
+    assert main(["distill", "consistency", "--teacher", str(random_teacher), "--out", str(out), "--levels", "6",
                  "--mu", "0.9", "--steps", "2", "--batch", "4", "--resume"]) == 0
-    assert_same_student(straight, out / "student.safetensors", teacher)
+    assert_same_student(straight, out / "student.safetensors", random_teacher)
     with pytest.raises(DifflabError, match="finished denoiser .*nothing to resume"):
-        distill_consistency(teacher, out, recipe, BUDGET, progress=False, resume=True)
+        distill_consistency(random_teacher, out, recipe, BUDGET, progress=False, resume=True)
