@@ -20,10 +20,11 @@ from difflab.distill.levels import tune_levels
 from difflab.distill.run import Budget, distill_consistency, distill_progressive
 from difflab.prediction import PREDICTIONS
 
-LEVELS_HELP = """Choose a consistency model's re-noising levels for multistep sampling as the consistency models reference
-code does: one level at a time, each by a ternary search over the levels the model was trained at, scored by the FD
-of --n samples (the same seeds in every probe) against the Fashion-MNIST test set. They are recorded in the model's file, and `difflab sample STUDENT
---sampler consistency --steps K` (or the web UI's LCM sampler) then samples on them."""
+LEVELS_HELP = """Choose a consistency model's re-noising levels for multistep sampling as the consistency models
+reference code does: one level at a time, each by a ternary search over the levels the model was trained at, scored by
+the FD of --n samples (the same seeds in every probe) against the Fashion-MNIST test set. They are recorded in the
+model's file, and `difflab sample STUDENT --sampler consistency` (or the web UI's LCM sampler) then samples on them,
+with --steps K steps by default."""
 
 
 def add_budget_arguments(p: argparse.ArgumentParser) -> None:
