@@ -34,8 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expand_aliases(argv: list[str]) -> list[str]:
+    """`difflab train --objective consistency ...` is `difflab train-consistency ...`."""
+    if argv[:1] != ["train"]:
+        return argv
+    for i, word in enumerate(argv):
+        if word == "--objective=consistency" or argv[i:i + 2] == ["--objective", "consistency"]:
+            return ["train-consistency", *argv[1:i], *argv[i + (1 if "=" in word else 2):]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(expand_aliases(sys.argv[1:] if argv is None else list(argv)))
     keep_freed_memory()
     try:
         return args.handler(args) or 0

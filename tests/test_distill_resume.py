@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from difflab.cli import main
 from difflab.distill.consistency import ConsistencyRecipe
-from difflab.distill.run import Budget, distill_consistency, distill_progressive
+from difflab.distill.run import Budget, distill_consistency, distill_progressive, init_student, student_net
 from difflab.errors import DifflabError
 from difflab.train.checkpoint import load_checkpoint
 from difflab.train.loop import TrainingLoop
@@ -69,3 +71,26 @@ def test_consistency_distillation_resumes_exactly_and_refuses_other_settings(ran
     assert_same_student(straight, out / "student.safetensors", random_teacher)
     with pytest.raises(DifflabError, match="finished denoiser .*nothing to resume"):
         distill_consistency(random_teacher, out, recipe, BUDGET, progress=False, resume=True)
+
+
+def test_consistency_distillation_continues_a_student_in_a_new_run(random_teacher, tmp_path, capsys):
+    """--init STUDENT: a new run (here with cosine lr decay and another EMA) starts from the student's EMA weights and
+    records the file; a teacher or a student of another prediction is refused in one line."""
+    recipe = ConsistencyRecipe(levels=6, mu=0.9)
+    first = distill_consistency(random_teacher, tmp_path / "first", recipe, BUDGET, progress=False)
+    longer = Budget(steps=2, batch=4, lr_decay="cosine", ema_decay=0.999)
+    theirs = load_checkpoint(first).config
+    config = init_student(first, replace(theirs, train=replace(theirs.train, **longer.loop())))
+    ema = load_checkpoint(first).section("ema")
+    for key, value in student_net(config, None).state_dict().items():
+        assert torch.equal(value, ema[key]), key
+    second = distill_consistency(random_teacher, tmp_path / "second", recipe, longer, init=str(first), progress=False)
+    saved = load_checkpoint(second).config.train
+    assert (saved.init_from, saved.lr_decay, saved.ema_decay) == (str(first.resolve()), "cosine", 0.999)
+    with pytest.raises(DifflabError, match="not a consistency model"):
+        distill_consistency(random_teacher, tmp_path / "x", recipe, BUDGET, init=str(random_teacher), progress=False)
+    with pytest.raises(DifflabError, match=r"other settings \(prediction\)"):
+        distill_consistency(random_teacher, tmp_path / "x", recipe, BUDGET, init=str(first), prediction="eps",
+                            progress=False)
+    assert main(["distill", "consistency", "--teacher", str(random_teacher), "--init", "teachr", "--steps", "1"]) == 2
+    assert "--init: teachr is neither teacher, scratch nor a file" in capsys.readouterr().err

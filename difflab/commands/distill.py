@@ -33,6 +33,8 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=positive_float("--minutes"), help="wall-clock budget (stops at whichever first)")
     p.add_argument("--batch", type=positive_int("--batch"), help=f"default {Budget.batch}")
     p.add_argument("--lr", type=positive_float("--lr"), help=f"default {Budget.lr:g}")
+    p.add_argument("--lr-decay", choices=["constant", "cosine"],
+                   help=f"constant, or cosine to 0 at --steps (default {Budget.lr_decay})")
     p.add_argument("--ema-decay", type=float, help=f"EMA of the weights sampled from (default {Budget.ema_decay})")
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true",
@@ -42,7 +44,7 @@ def add_budget_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def budget(args: argparse.Namespace) -> Budget:
-    given = {k: getattr(args, k) for k in ("steps", "minutes", "batch", "lr", "ema_decay", "seed")
+    given = {k: getattr(args, k) for k in ("steps", "minutes", "batch", "lr", "lr_decay", "ema_decay", "seed")
              if getattr(args, k) is not None}
     return Budget(**given)
 
@@ -76,8 +78,10 @@ def register(subparsers) -> None:
     pd.set_defaults(handler=run_progressive)
     cd = kinds.add_parser("consistency", help="consistency distillation (Song et al. 2023)")
     cd.add_argument("--teacher", default=str(BUNDLED_MODEL), help="teacher checkpoint (default: the bundled model)")
-    cd.add_argument("--init", choices=["teacher", "scratch"], default="teacher",
-                    help="start the student from the teacher's weights (default) or from scratch")
+    cd.add_argument("--init", default="teacher", metavar="{teacher,scratch,STUDENT}",
+                    help="start the student from the teacher's weights (default), from scratch, or from a student's "
+                         "EMA weights (a new run: e.g. --lr-decay cosine and a longer --ema-decay after a constant-lr "
+                         "run)")
     cd.add_argument("--prediction", choices=PREDICTIONS, default="v",
                     help="the student's network output inside the scalings (default v: an eps network's x0 = x - sigma "
                          "eps magnifies its error by sigma, and on the bundled model eps students kept 1-step FD "

@@ -19,6 +19,8 @@ RECIPES = Path(__file__).resolve().parent.parent / "configs"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a diffusion model", description=__doc__)
+    p.add_argument("--objective", choices=["diffusion", "consistency"], default="diffusion",
+                   help="consistency: consistency training, the same as difflab train-consistency (and its flags)")
     p.add_argument("--config", help="JSON experiment config (default: configs/fashion_mnist.json, or configs/toy.json for toy data)")
     p.add_argument("--data", help="fashion-mnist | DIR of images | toy:swissroll|8gaussians|checkerboard|moons")
     p.add_argument("--data-root", help="folder holding the Fashion-MNIST IDX files")

@@ -17,9 +17,9 @@ from difflab.distill.student import StudentGrid
 from difflab.errors import DifflabError
 from difflab.grids import make_grid
 from difflab.model import load_model
-from difflab.nets import build_network
-from difflab.train.checkpoint import (Checkpoint, ComponentRef, build_denoiser, load_checkpoint, save_checkpoint,
-                                     unfinished_run)
+from difflab.nets import build_network, network_spec
+from difflab.train.checkpoint import (Checkpoint, ComponentRef, build_denoiser, init_weights, load_checkpoint,
+                                     save_checkpoint, unfinished_run)
 from difflab.train.config import ExperimentConfig
 from difflab.train.loop import TrainingLoop
 from difflab.train.objective import Objective
@@ -35,13 +35,15 @@ class Budget:
     minutes: float | None = None
     batch: int = 64
     lr: float = 1e-4
+    lr_decay: str = "constant"  # or cosine, to 0 at `steps`
     warmup: int = 0
     ema_decay: float = 0.99
     seed: int = 0
 
     def loop(self) -> dict:
         return {"steps": self.steps, "minutes": self.minutes, "batch": self.batch, "lr": self.lr,
-                "warmup": self.warmup, "ema_decay": self.ema_decay, "seed": self.seed, "checkpoint_every": 10**9}
+                "lr_decay": self.lr_decay, "warmup": self.warmup, "ema_decay": self.ema_decay, "seed": self.seed,
+                "checkpoint_every": 10**9}
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,31 @@ def load_teacher(path: str | Path) -> Teacher:
 
 
 def student_net(config: ExperimentConfig, init: Teacher | None) -> torch.nn.Module:
-    """The student's network, from the teacher's weights (init) or fresh from the config's seed."""
+    """The student's network: from config.train.init_from's EMA weights (a student continued in a new run), else from
+    the teacher's weights (init), else fresh from the config's seed."""
     torch.manual_seed(config.train.seed)
     net = build_network(config.network)
-    if init is not None:
+    if config.train.init_from is not None:
+        init_weights(net, config.train.init_from)
+    elif init is not None:
         net.load_state_dict(init.denoiser.net.state_dict())
     return net.to(memory_format=torch.channels_last)
+
+
+def init_student(path: str | Path, config: ExperimentConfig) -> ExperimentConfig:
+    """`config` starting from the consistency model at `path` (--init STUDENT): it must be one this command could have
+    trained (the same network, scalings and prediction); its file is recorded as train.init_from."""
+    if not Path(path).is_file():
+        raise DifflabError(f"--init: {path} is neither teacher, scratch nor a file")
+    theirs = load_checkpoint(path).config
+    if theirs.precond.kind != "consistency":
+        raise DifflabError(f"--init {path}: not a consistency model (give teacher, scratch or a student)")
+    differ = [name for name in ("network", "precond", "prediction", "data_shape")
+              if getattr(theirs, name) != getattr(config, name)]
+    if differ:
+        raise DifflabError(f"--init {path}: a student with other settings ({', '.join(differ)}) than this teacher's "
+                           f"with --prediction {config.prediction}")
+    return replace(config, train=replace(config.train, init_from=str(Path(path).resolve())))
 
 
 def differences(ours: dict, theirs: dict, prefix: str = "") -> list[str]:
@@ -124,11 +145,14 @@ def distill_consistency(teacher_path: str | Path, out: str | Path, recipe: Consi
                         init: str = "teacher", prediction: str | None = "v", progress: bool = True,
                         resume: bool = False) -> Path:
     """Consistency distillation (Song et al. 2023, Alg. 2) of the teacher; the student starts from its weights
-    (init "teacher") or from scratch, its network predicting `prediction` (default v; None: the teacher's) inside the
+    (init "teacher"), from scratch, or from a consistency model's file (a new run continuing a student, e.g. with a
+    longer EMA or a decaying lr), its network predicting `prediction` (default v; None: the teacher's) inside the
     consistency scalings."""
     teacher = load_teacher(teacher_path)
     config = consistency_config(teacher.config, budget, teacher.denoiser.sigma_min)
     config = replace(config, prediction=prediction or config.prediction)
+    if init not in ("teacher", "scratch"):
+        config = init_student(init, config)
     net = student_net(config, teacher if init == "teacher" else None)
     objective = ConsistencyObjective(build_denoiser(net, config), recipe, _total(budget), teacher=teacher.denoiser,
                                      teacher_ref=teacher.ref)
@@ -140,6 +164,9 @@ def train_consistency(config: ExperimentConfig, out: str | Path, recipe: Consist
     """Consistency training from data alone (Song et al. 2023, Alg. 3; iCT with the improved recipe)."""
     if config.precond.kind == "consistency":
         raise DifflabError("--config: give the diffusion config (vp or edm); the consistency scalings wrap it")
+    if not hasattr(config.network, "in_channels"):
+        raise DifflabError(f"--config: consistency training takes images (a U-Net or DiT config), not a "
+                           f"{network_spec(config.network)['kind']} network")
     data = load_dataset(config.train.data, "train", config.train.data_root, seed=config.train.seed)
     network = replace(config.network, in_channels=data.shape[0], out_channels=None)
     config = replace(config, network=network, data_shape=data.shape)
