@@ -76,6 +76,7 @@ def _count(text: str, sections: str) -> int:
 
 def make_grid(
     schedule, n: int, kind: GridKind = "leading", sections: str | None = None, levels: Sequence[float] | None = None,
+    renoising: bool = False,
 ) -> torch.Tensor:
     """A float64 grid of n+1 VE levels, descending from the schedule's noisiest level to 0.
 
@@ -84,9 +85,16 @@ def make_grid(
 
     kind "respaced" takes Nichol & Dhariwal's section counts (default: one section of n), which must add up to n.
     `levels` (n of them) are used as given instead of a kind's spacing, e.g. a consistency model's re-noising levels.
+    `renoising`: the levels are a consistency sampler's, for which sigma_min is a wasted evaluation (f(x, sigma_min)
+    = x); where the kind's n levels end there (karras, log_snr, leading), the first n of its n + 1 are taken.
     """
     if levels is not None:
         return explicit_grid(schedule, n, levels)
+    if renoising and n > 1 and sections is None:
+        sigmas = make_grid(schedule, n, kind)
+        if float(sigmas[-2]) <= schedule.sigma_min * (1 + 1e-9):
+            return append_zero(make_grid(schedule, n + 1, kind)[:-2])
+        return sigmas
     if n < 1:
         raise DifflabError(f"steps must be >= 1, got {n}")
     if kind not in GRIDS:

@@ -96,3 +96,20 @@ def test_explicit_levels_are_the_grid_and_bad_ones_are_named():
             make_grid(schedule, 2, levels=levels)
     with pytest.raises(DifflabError, match="--sigmas gives 2 levels but steps is 3"):
         make_grid(schedule, 3, levels=[2.0, 1.0])
+
+
+@pytest.mark.parametrize("kind", ["karras", "log_snr", "leading", "trailing"])
+def test_renoising_levels_never_end_at_sigma_min(kind):
+    """A consistency sampler's re-noising at sigma_min would be a wasted step (f(x, sigma_min) = x): a grid ending
+    there gives its first n of n + 1 levels instead, and grids that stop short of it are unchanged."""
+    schedule, ended = SCHEDULES[0], []
+    for n in (2, 4):
+        plain, renoising = make_grid(schedule, n, kind), make_grid(schedule, n, kind, renoising=True)
+        assert len(renoising) == n + 1 and float(renoising[-2]) > schedule.sigma_min
+        ended.append(float(plain[-2]) == pytest.approx(schedule.sigma_min, rel=1e-9))
+        if ended[-1]:
+            assert torch.equal(renoising[:-1], make_grid(schedule, n + 1, kind)[:-2])
+        else:
+            assert torch.equal(renoising, plain)
+    assert torch.equal(make_grid(schedule, 1, kind, renoising=True), make_grid(schedule, 1, kind))
+    assert all(ended) == (kind != "trailing") and any(ended) == (kind != "trailing")

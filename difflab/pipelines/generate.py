@@ -45,7 +45,8 @@ def generate_batches(
     guidance.check(sampler, denoiser, cond)
     if inpaint is not None:
         inpaint.check(sampler)
-    sigmas = make_grid(denoiser.schedule, steps, grid or default_grid(sampler, denoiser.default_grid), sections, levels)
+    sigmas = make_grid(denoiser.schedule, steps, grid or default_grid(sampler, denoiser.default_grid), sections, levels,
+                       renoising=sampler == "consistency")
     if start is not None or sigma_start is not None:
         check_start(start, sigma_start, n, shape)
         sigmas = cut_grid(sigmas, sigma_start)

@@ -127,7 +127,8 @@ def plan_request(request: Request, denoiser: Denoiser, config: ExperimentConfig,
 def request_grid(request: Request, denoiser: Denoiser, sampler: SamplerName,
                  levels: tuple[float, ...] | None) -> torch.Tensor:
     """The request's noise levels: the given `levels`, or its steps on the sampler's grid."""
-    return make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections, levels)
+    return make_grid(denoiser.schedule, request.steps, sampler.grid, request.sections, levels,
+                     renoising=sampler.sampler == "consistency")
 
 
 def chosen_levels(request: Request, config: ExperimentConfig, sampler: SamplerName) -> tuple[float, ...] | None:
