@@ -3,6 +3,8 @@
 The budget is given in core-minutes and turned into optimizer steps honestly: one process first measures every
 variant's training speed (images/s, one thread) in interleaved rounds, so machine load hits all alike, and each
 variant gets the steps it makes in B minutes at that speed (variants of equal network and batch get equal steps).
+A later call with a new network or batch probes it beside the baseline and scales its speed by the baseline's
+ratio of the first probe to this one.
 Each variant then trains for its steps (one thread) and is scored by `difflab eval` (FD against the Fashion-MNIST
 test set, n samples, seed 0, DPM++ 2M at 20 steps on the trailing grid; EDM models on their Karras grid).
 
@@ -10,8 +12,9 @@ test set, n samples, seed 0, DPM++ 2M at 20 steps on the trailing grid; EDM mode
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants baseline,combined
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants vpred,minsnr5
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants vpred
-
-(the variants batch32 and edm are defined but were not run.)
+    OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants edm,batch32
+    OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants edm,batch32
+    OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants width48,depth1
 
 Results go to docs/recipe.json after every variant; a variant already there (same name and budget) is skipped, so
 a stopped run resumes. The measured speeds are kept there too and reused, so budgets of later calls share one
@@ -42,19 +45,24 @@ CONFIGS = ROOT / "difflab" / "configs"
 REPORT = ROOT / "docs" / "recipe.json"
 # today's recipe (configs/fashion_mnist.json before this ablation), pinned so the baseline stays fixed
 BASE = {"config": "fashion_mnist.json", "train.warmup": 500, "train.lr": 5e-4, "train.lr_decay": "constant",
-        "train.ema_decay": 0.999, "train.batch": 64}
+        "train.ema_decay": 0.999, "train.batch": 64, "network.num_res_blocks": 2}
 # name: (what changed, overrides of BASE as "section.field" or a top-level "key": value, or "config": another file)
 VARIANTS = {
     "baseline": ("today's recipe: warm-up 500, lr 5e-4 constant, EMA 0.999, batch 64", {}),
     "warmup50": ("warm-up 500 -> 50", {"train.warmup": 50}),
     "lr1e-3": ("warm-up 50, lr 5e-4 -> 1e-3", {"train.warmup": 50, "train.lr": 1e-3}),
     "lr2e-3": ("warm-up 50, lr 5e-4 -> 2e-3", {"train.warmup": 50, "train.lr": 2e-3}),
-    "batch32": ("warm-up 50, batch 64 -> 32 (steps by speed)", {"train.warmup": 50, "train.batch": 32}),
-    "edm": ("warm-up 50, EDM preconditioning (configs/fashion_mnist_edm.json)",
-            {"config": "fashion_mnist_edm.json", "train.warmup": 50}),
+    "batch32": ("warm-up 50, lr 1e-3, batch 64 -> 32 (steps by speed)",
+                {"train.warmup": 50, "train.lr": 1e-3, "train.batch": 32}),
+    "edm": ("warm-up 50, lr 1e-3, EDM preconditioning, loss and log-normal sigma (configs/fashion_mnist_edm.json)",
+            {"config": "fashion_mnist_edm.json", "train.warmup": 50, "train.lr": 1e-3}),
+    "width48": ("warm-up 50, lr 1e-3, channels 32 -> 48 (steps by speed)",
+                {"train.warmup": 50, "train.lr": 1e-3, "network.channels": 48}),
+    "depth1": ("warm-up 50, lr 1e-3, res blocks per level 2 -> 1 (steps by speed)",
+               {"train.warmup": 50, "train.lr": 1e-3, "network.num_res_blocks": 1}),
     "cosine1e-3": ("warm-up 50, lr 1e-3, cosine to 0 at the last step",
                    {"train.warmup": 50, "train.lr": 1e-3, "train.lr_decay": "cosine"}),
-    "combined": ("warm-up 50, lr 1e-3 (the new default recipe)", {"train.warmup": 50, "train.lr": 1e-3}),
+    "combined": ("warm-up 50, lr 1e-3 (the default recipe of the last round)", {"train.warmup": 50, "train.lr": 1e-3}),
     "vpred": ("warm-up 50, lr 1e-3, v-prediction", {"train.warmup": 50, "train.lr": 1e-3, "prediction": "v"}),
     "minsnr5": ("warm-up 50, lr 1e-3, min-SNR-gamma 5 weighting",
                 {"train.warmup": 50, "train.lr": 1e-3, "train.min_snr_gamma": 5.0}),
@@ -96,6 +104,19 @@ def probe_speeds(names: list[str], rounds: int, iters: int, scratch: Path) -> di
                 trainer.train_step()
             seconds[key] += time.perf_counter() - start
     return {key: rounds * iters * trainers[key].config.train.batch / seconds[key] for key in trainers}
+
+
+def anchored_speeds(names: list[str], known: dict[str, float], rounds: int, iters: int,
+                    scratch: Path) -> dict[str, float]:
+    """Speeds of new variants on the scale of the speeds `known` from an earlier probe: the baseline is probed beside
+    them (interleaved, so the load of the moment hits all alike) and each new speed is scaled by the baseline's
+    known / probed ratio."""
+    anchor = speed_key(variant_config("baseline", 1))
+    probed = probe_speeds(["baseline", *names] if anchor in known else names, rounds, iters, scratch)
+    scale = known[anchor] / probed[anchor] if anchor in known else 1.0
+    print(f"speed probe: {', '.join(f'{v:.1f}' for v in probed.values())} images/s; scaled by {scale:.3f} to the "
+          f"earlier probe's baseline", flush=True)
+    return {key: speed * scale for key, speed in probed.items() if key not in known}
 
 
 def train(name: str, budget: float, steps: int, runs: Path, report: dict) -> tuple[Path, float]:
@@ -164,7 +185,7 @@ def main() -> None:
     configs = {name: variant_config(name, 1) for name in names}
     missing = [name for name in names if speed_key(configs[name]) not in report["speeds"]]
     if missing:  # measured once, in one process, and kept as the anchor of every budget
-        report["speeds"].update(probe_speeds(missing, args.rounds, args.iters, runs / "probe"))
+        report["speeds"].update(anchored_speeds(missing, report["speeds"], args.rounds, args.iters, runs / "probe"))
         path.write_text(json.dumps(report, indent=1))
     for name in names:
         key = f"{name}@{args.budget:g}"

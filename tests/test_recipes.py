@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from difflab.cli import build_parser
+from difflab.commands import BUNDLED_MODEL
 from difflab.commands.train import training_config
+from difflab.train.checkpoint import load_checkpoint
 from difflab.train.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,3 +42,28 @@ def test_recipe_bench_pins_its_baseline_and_changes_one_thing():
     assert (edm.precond.kind, edm.train.loss, edm.train.warmup) == ("edm", "edm", 50)
     assert bench.speed_key(baseline) == bench.speed_key(edm)  # same network and batch: same speed, same steps
     assert bench.speed_key(baseline) != bench.speed_key(bench.variant_config("batch32", 306))
+
+
+def test_recipe_bench_scales_a_new_networks_speed_by_the_baseline_probed_beside_it(monkeypatch, tmp_path):
+    bench = _bench_recipe()
+    base, deep = (bench.speed_key(bench.variant_config(name, 1)) for name in ("baseline", "depth1"))
+    assert bench.variant_config("depth1", 1).network.num_res_blocks == 1
+    assert bench.variant_config("width48", 1).network.channels == 48
+    probed = {("baseline", "depth1"): {base: 50.0, deep: 75.0}, ("depth1",): {deep: 75.0}}
+    monkeypatch.setattr(bench, "probe_speeds", lambda names, *args: probed[tuple(names)])
+    assert bench.anchored_speeds(["depth1"], {base: 32.0}, 1, 1, tmp_path) == {deep: 48.0}  # the machine was 50/32 faster
+    assert bench.anchored_speeds(["depth1"], {}, 1, 1, tmp_path) == {deep: 75.0}  # the first probe is the anchor
+
+
+def test_fine_tuning_without_a_config_keeps_the_checkpoints_network():
+    """The default recipe's network (1 res block a level, bench/recipe.py) differs from the bundled model's (2):
+    `difflab train --init BUNDLED` takes the checkpoint's network, less its condition inputs (--cond adds those);
+    with --config, the config's network."""
+    bundled = load_checkpoint(BUNDLED_MODEL).config.network
+    default = load_config(ROOT / "difflab" / "configs" / "fashion_mnist.json").network
+    assert (default.num_res_blocks, bundled.num_res_blocks) == (1, 2)
+    args = build_parser().parse_args(["train", "--init", str(BUNDLED_MODEL), "--cond", "class"])
+    assert training_config(args).network == bundled
+    edm = ROOT / "difflab" / "configs" / "fashion_mnist_edm.json"
+    args = build_parser().parse_args(["train", "--init", str(BUNDLED_MODEL), "--config", str(edm)])
+    assert training_config(args).network == load_config(edm).network

@@ -11,6 +11,8 @@ from difflab import distributed
 from difflab.distributed import DEVICES
 from difflab.objectives import LOSSES
 from difflab.train.conditions import COND_KINDS
+from difflab.nets import NetworkConfig
+from difflab.train.checkpoint import load_checkpoint
 from difflab.train.config import ExperimentConfig, load_config
 from difflab.train.trainer import Trainer
 
@@ -43,7 +45,8 @@ def register(subparsers) -> None:
                    "L_simple + 0.001 L_vlb with learned variance; vlb: L_vlb with learned variance and importance-"
                    "sampled t (Nichol & Dhariwal 2021); hybrid and vlb set network.learned_variance; edm: Karras et "
                    "al.'s loss, for a config with precond.kind edm (configs/fashion_mnist_edm.json)")
-    p.add_argument("--init", help="start from this checkpoint's EMA weights (fine-tuning); new layers keep their init")
+    p.add_argument("--init", help="start from this checkpoint's EMA weights (fine-tuning), and without --config from its "
+                                  "network too; new layers keep their init")
     p.add_argument("--low-res-augmentation", type=float, help="super-resolution (train.low_res): the largest "
                    "noise-augmentation level s of the low-resolution condition, drawn from U[0, s]; 0: none")
     p.add_argument("--max-timestep", type=int, help="train a refiner: only the low-noise levels t < this (of the "
@@ -59,6 +62,8 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
     """The --config file (default: the recipe for the kind of data) with the flags given replacing its fields."""
     toy = (args.data or "").startswith("toy:")
     config = load_config(args.config or RECIPES / ("toy.json" if toy else "fashion_mnist.json"))
+    if args.init and not args.config and Path(args.init).is_file():  # fine-tuning keeps the checkpoint's network
+        config = replace(config, network=unconditional(load_checkpoint(args.init).config.network))
     overrides = {k: v for k, v in {"data": args.data, "data_root": args.data_root, "batch": args.batch,
                                    "lr": args.lr, "seed": args.seed, "cond": args.cond, "init_from": args.init,
                                    "accumulate": args.accumulate, "precision": args.precision,
@@ -74,6 +79,11 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
     if args.loss is not None:  # hybrid and vlb train the variance fraction v (Nichol & Dhariwal 2021, Sec. 3.1)
         network = replace(network, learned_variance=args.loss in ("hybrid", "vlb"))
     return replace(config, network=network, train=replace(config.train, **overrides))
+
+
+def unconditional(network: NetworkConfig) -> NetworkConfig:
+    """The network without its condition inputs (the trainer adds those that --cond asks for)."""
+    return replace(network, **{name: None for name in ("num_classes", "text_dim") if hasattr(network, name)})
 
 
 def run(args: argparse.Namespace) -> int:
