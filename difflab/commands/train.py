@@ -9,9 +9,9 @@ from pathlib import Path
 from difflab.commands import positive_float, positive_int
 from difflab import distributed
 from difflab.distributed import DEVICES
+from difflab.nets import NetworkConfig
 from difflab.objectives import LOSSES
 from difflab.train.conditions import COND_KINDS
-from difflab.nets import NetworkConfig
 from difflab.train.checkpoint import load_checkpoint
 from difflab.train.config import ExperimentConfig, load_config
 from difflab.train.trainer import Trainer

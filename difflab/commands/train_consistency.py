@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 
 from difflab.commands import set_threads
-from difflab.commands.train import RECIPES
 from difflab.commands.distill import (
     add_budget_arguments,
     add_consistency_arguments,
     budget,
     recipe,
 )
+from difflab.commands.train import RECIPES
 from difflab.distill.consistency import IMPROVED
 from difflab.distill.run import train_consistency
 from difflab.train.config import load_config
