@@ -20,6 +20,8 @@ from difflab.errors import DifflabError
 from difflab.model import load_model
 from difflab.nets import build_network
 from difflab.pipelines.dialect import Dialect
+from difflab.grids import make_grid
+from difflab.pipelines.generate import generate
 from difflab.pipelines.request import Request, plan_request
 from difflab.serve.generation import WEB_UI_NAMES
 from difflab.train.checkpoint import load_checkpoint, rewrite_config, save_checkpoint
@@ -158,3 +160,18 @@ def test_levels_chosen_on_an_interrupted_run_do_not_stop_its_resume(random_teach
     resumed = distill_consistency(random_teacher, out, **run, resume=True)
     recorded = load_model(resumed).checkpoint.config.consistency_levels  # training moved f: the choice is dropped
     assert recorded == load_model(student).checkpoint.config.consistency_levels and recorded.renoise == ()
+
+
+def test_the_consistency_sampler_never_re_noises_at_sigma_min_on_a_named_grid(student):
+    """The CLI/web plan and Python's generate both ask make_grid for re-noising levels: a 2-step Karras grid re-noises
+    above sigma_min (f(x, sigma_min) = x would repeat the 1-step sample), while other samplers keep sigma_min."""
+    model = load_model(student)
+    denoiser, config = model.denoiser, model.checkpoint.config
+    karras3 = make_grid(denoiser.schedule, 3, "karras")
+    plan = plan_request(Request(sampler="consistency", steps=2, grid="karras"), denoiser, config)
+    assert torch.equal(plan.grid(), torch.stack([karras3[0], karras3[1], karras3[3]]))
+    ddim = plan_request(Request(sampler="ddim", steps=2, grid="karras"), denoiser, config)
+    assert float(ddim.grid()[-2]) == pytest.approx(denoiser.sigma_min, rel=1e-9)
+    named, given = (generate(denoiser, (1, 28, 28), 2, sampler="consistency", steps=2, seed=0, **grid)
+                    for grid in ({"grid": "karras"}, {"levels": karras3[:2].tolist()}))
+    assert torch.equal(named, given)
