@@ -10,7 +10,8 @@ from difflab.errors import DifflabError
 
 # Modules with register(subparsers) that add one or more subcommands, each with set_defaults(handler=...).
 COMMAND_MODULES = ("difflab.commands.demo", "difflab.commands.train", "difflab.commands.sample",
-                   "difflab.commands.samplers", "difflab.commands.export", "difflab.commands.eval",
+                   "difflab.commands.samplers", "difflab.commands.export", "difflab.commands.average",
+                   "difflab.commands.eval",
                    "difflab.commands.serve", "difflab.commands.train_classifier", "difflab.commands.convert_classifier",
                    "difflab.commands.nll", "difflab.commands.train_autoencoder",
                    "difflab.commands.personalize", "difflab.commands.train_controlnet",
