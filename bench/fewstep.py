@@ -69,7 +69,7 @@ def quality(args: argparse.Namespace) -> dict:
             grid = load_model(path).checkpoint.config.student_grid
             record("progressive distillation", grid.steps, str(path), sampler="ddim", steps=grid.steps, grid=grid.kind)
     given = {len(levels): levels for levels in args.consistency_sigmas}
-    for name, path in (("consistency distillation", args.cd), ("consistency training", args.ct)):
+    for name, path in ((args.cd_label, args.cd), ("consistency training", args.ct)):
         if path:
             model = load_model(path)
             chosen = model.checkpoint.config.consistency_levels  # difflab distill levels'
@@ -146,11 +146,22 @@ def plot(report: dict, path: str) -> None:
     plot_fd_vs_nfe(curves, path)
 
 
+def merge_curves(old: dict[str, list[dict]], new: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The curves of both reports; where a curve is in both, its rows by NFE, a new row replacing an old one."""
+    merged = dict(old)
+    for name, rows in new.items():
+        by_nfe = {row["nfe"]: row for row in [*old.get(name, []), *rows]}
+        merged[name] = [by_nfe[nfe] for nfe in sorted(by_nfe)]
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default=str(BUNDLED_MODEL))
     parser.add_argument("--pd", help="folder of `difflab distill progressive` (round_K/student.safetensors)")
     parser.add_argument("--cd", help="consistency-distilled student.safetensors")
+    parser.add_argument("--cd-label", default="consistency distillation",
+                        help="--cd's curve name in the JSON and the plot (one per student)")
     parser.add_argument("--ct", help="consistency-trained student.safetensors")
     parser.add_argument("--consistency-sigmas", nargs="*", type=noise_levels, default=[], metavar="S1,S2,...",
                         help="levels for the consistency sampler at NFE = their number, e.g. 157.40728,0.8")
@@ -183,10 +194,10 @@ def main() -> None:
     report = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     if not args.skip_speed:
         report["paradigms"] = speed(args)
-    if not args.skip_quality:  # curves measured before at the same n are kept unless measured again
+    if not args.skip_quality:  # rows measured before at the same n are kept unless measured again
         new, old = quality(args), report.get("quality", {})
         if old.get("n") == new["n"]:
-            new["curves"] = {**old["curves"], **new["curves"]}
+            new["curves"] = merge_curves(old["curves"], new["curves"])
             new["reference"] = new["reference"] if new["reference"]["fd"] else old["reference"]
             new["midpoints"] = new["midpoints"] or old.get("midpoints", [])
         report["quality"] = new
