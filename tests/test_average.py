@@ -62,6 +62,8 @@ def test_members_may_differ_in_recipe_but_not_in_the_function_their_weights_stan
     with pytest.raises(DifflabError, match="they differ in prediction"):
         average_checkpoints([members[0], v], tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+    with pytest.raises(DifflabError, match="is one of the checkpoints averaged"):
+        average_checkpoints(members[:2], members[1])
 
 
 def test_a_consistency_soup_keeps_the_training_levels_and_drops_the_chosen_ones(members, tmp_path):

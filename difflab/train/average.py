@@ -88,6 +88,8 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path,
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         raise DifflabError(f"averaging needs two or more checkpoints, got {len(paths)}")
+    if Path(out).resolve() in {path.resolve() for path in paths}:
+        raise DifflabError(f"--out {out} is one of the checkpoints averaged; write the average to a new file")
     weights = member_weights(len(paths), weights)
     checkpoints = [load_checkpoint(path) for path in paths]
     check_members(paths, checkpoints)
