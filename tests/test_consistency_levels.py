@@ -17,10 +17,10 @@ from difflab.distill.run import Budget, distill_consistency
 from difflab.distill.student import ConsistencyLevels
 from difflab.edit.img2img import plan_edit
 from difflab.errors import DifflabError
+from difflab.grids import make_grid
 from difflab.model import load_model
 from difflab.nets import build_network
 from difflab.pipelines.dialect import Dialect
-from difflab.grids import make_grid
 from difflab.pipelines.generate import generate
 from difflab.pipelines.request import Request, plan_request
 from difflab.serve.generation import WEB_UI_NAMES

@@ -11,8 +11,8 @@ from difflab import distributed
 from difflab.distributed import DEVICES
 from difflab.nets import NetworkConfig
 from difflab.objectives import LOSSES
-from difflab.train.conditions import COND_KINDS
 from difflab.train.checkpoint import load_checkpoint
+from difflab.train.conditions import COND_KINDS
 from difflab.train.config import ExperimentConfig, load_config
 from difflab.train.trainer import Trainer
 

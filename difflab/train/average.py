@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from difflab.errors import DifflabError
-from difflab.nets import build_network
-from difflab.train.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, sha256_file
+from difflab.train.checkpoint import Checkpoint, load_denoiser, save_checkpoint, sha256_file
 from difflab.train.config import ExperimentConfig
 
 RECIPE_KEYS = ("train",)  # config sections that may differ between members
@@ -62,10 +61,6 @@ def check_members(paths: Sequence[Path], checkpoints: Sequence[Checkpoint]) -> N
                                f"({sorted(checkpoint.refs)} against {sorted(checkpoints[0].refs)})")
 
 
-def inference_weights(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
-    return checkpoint.section("ema") or checkpoint.section("model")
-
-
 def weighted_average(states: Sequence[dict[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
     """sum_i w_i theta_i per floating tensor, accumulated in float64; other tensors (counters) must be equal."""
     out = {}
@@ -91,16 +86,14 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path,
     if Path(out).resolve() in {path.resolve() for path in paths}:
         raise DifflabError(f"--out {out} is one of the checkpoints averaged; write the average to a new file")
     weights = member_weights(len(paths), weights)
-    checkpoints = [load_checkpoint(path) for path in paths]
+    loaded = [load_denoiser(path) for path in paths]  # each member's EMA weights (raw where it has none)
+    checkpoints = [checkpoint for _, checkpoint in loaded]
     check_members(paths, checkpoints)
     config = checkpoints[0].config
     if config.consistency_levels is not None:
         config = replace(config, consistency_levels=replace(config.consistency_levels, renoise=()))
-    net = build_network(config.network)
-    try:
-        net.load_state_dict(weighted_average([inference_weights(c) for c in checkpoints], weights))
-    except (RuntimeError, KeyError) as err:
-        raise DifflabError(f"the members' weights do not fit their network config ({str(err).splitlines()[0]})") from None
+    net = loaded[0][0].net
+    net.load_state_dict(weighted_average([denoiser.net.state_dict() for denoiser, _ in loaded], weights))
     members = [{"path": str(path.resolve()), "sha256": sha256_file(path), "step": c.step, "weight": w}
                for path, c, w in zip(paths, checkpoints, weights)]
     save_checkpoint(out, config, max(c.step for c in checkpoints), model=net, refs=checkpoints[0].refs,
