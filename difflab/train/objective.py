@@ -26,7 +26,7 @@ from difflab.train.importance import LossHistorySampler
 from difflab.train.low_res import LowResConditions
 from difflab.train.optim import param_groups
 
-Draw = dict[str, "torch.Tensor | Condition | None"]
+Draw = dict[str, torch.Tensor | Condition | None]
 
 
 class Objective:
