@@ -102,6 +102,23 @@ def test_ddim_eta1_is_ddpm_on_the_full_chain():
     torch.testing.assert_close(run("ddim", x, sigmas, eta=1.0), run("ddpm", x, sigmas), rtol=1e-10, atol=1e-10)
 
 
+def test_dpmpp_2m_sde_with_eta0_is_dpmpp_2m_and_draws_no_noise():
+    sigmas = grid(12)
+    torch.testing.assert_close(run("dpmpp_2m_sde", start(), sigmas, eta=0.0, seed=0),
+                               run("dpmpp_2m", start(), sigmas), rtol=1e-12, atol=1e-12)
+    assert torch.equal(run("dpmpp_2m_sde", start(), sigmas, eta=0.0, seed=0),
+                       run("dpmpp_2m_sde", start(), sigmas, eta=0.0, seed=1))
+
+
+def test_dpmpp_2m_sde_default_is_eta1_and_s_noise_scales_only_the_noise():
+    sigmas = grid(12)
+    default = run("dpmpp_2m_sde", start(), sigmas, seed=0)
+    assert torch.equal(run("dpmpp_2m_sde", start(), sigmas, seed=0, eta=1.0, s_noise=1.0), default)
+    quiet = run("dpmpp_2m_sde", start(), sigmas, seed=0, s_noise=0.0)  # eta = 1 drift, no fresh noise
+    assert not torch.equal(quiet, default) and torch.equal(quiet, run("dpmpp_2m_sde", start(), sigmas, seed=1,
+                                                                       s_noise=0.0))
+
+
 FIXED_VARIANCE, LEARNED_VARIANCE = (SimpleNamespace(learned_variance=v, default_grid="trailing") for v in (False, True))
 
 
@@ -118,6 +135,7 @@ def parse(*argv: str) -> argparse.Namespace:
     (["--sampler", "euler_maruyama", "--sde", "subvp"], {"sde": "subvp"}),
     (["--sampler", "annealed_langevin", "--step-size", "0.5"], {"step_size": 0.5}),
     (["--sampler", "euler_ancestral", "--eta", "0.5"], {"eta": 0.5}),
+    (["--sampler", "dpmpp_2m_sde", "--eta", "0.5", "--s-noise", "0.9"], {"eta": 0.5, "s_noise": 0.9}),
     (["--sampler", "ddpm", "--variance", "beta"], {"variance": "beta"}),
 ])
 def test_cli_options_reach_the_sampler(argv, expected):

@@ -158,7 +158,8 @@ def test_other_networks_make_other_sizes_by_upscaler_only():
 def test_sampler_options_reach_the_samplers_that_use_them(client, models_dir):
     model = load_served_model(models_dir / "classes" / "checkpoint.safetensors")
     for sampler, name, options in (("DDIM", "ddim", {"eta": 1.0}),
-                                   ("Euler", "euler", {"s_churn": 2.0, "s_noise": 1.1})):
+                                   ("Euler", "euler", {"s_churn": 2.0, "s_noise": 1.1}),
+                                   ("DPM++ 2M SDE Karras", "dpmpp_2m_sde", {"eta": 0.5, "s_noise": 0.9})):
         result, info = txt2img(client, prompt="Bag", cfg_scale=1, sampler_name=sampler, **options)
         plain, _ = txt2img(client, prompt="Bag", cfg_scale=1, sampler_name=sampler)
         expected = to_uint8(generate(model.denoiser, model.config.data_shape, 1, sampler=name, steps=3,

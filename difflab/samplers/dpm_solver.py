@@ -8,6 +8,8 @@ The step to sigma = 0 (h = inf) is always first order, x = x0_hat: the lower-ord
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from difflab.samplers import register
@@ -129,7 +131,8 @@ def multistep_update(
     return linear + phi_2 * d1 - phi_3 * d2
 
 
-def _multistep(denoiser, x, sigmas, generator, callback, max_order: int, sde: bool) -> torch.Tensor:
+def _multistep(denoiser, x, sigmas, callback, max_order: int, update) -> torch.Tensor:
+    """DPM-Solver++ multistep: `update(x, sigma, sigma_next, x0_hats, hs, order)` takes each step."""
     steps = len(sigmas) - 1
     x0_hats: list[torch.Tensor] = []
     hs: list[torch.Tensor] = []
@@ -140,26 +143,26 @@ def _multistep(denoiser, x, sigmas, generator, callback, max_order: int, sde: bo
         x0_hats = (x0_hats + [x0_hat])[-max_order:]
         # warm-up from first order, and lower orders on the last steps (the last one, to sigma = 0, is first order)
         order = min(max_order, len(x0_hats), steps - i)
-        if sigma_next == 0:
-            x = x0_hat
-        elif sde:
-            x = sde_update(x, sigma, sigma_next, x0_hats, hs, order, generator)
-        else:
-            x = multistep_update(x, sigma, sigma_next, x0_hats, hs, order)
+        x = x0_hat if sigma_next == 0 else update(x, sigma, sigma_next, x0_hats, hs, order)
         hs = (hs + [torch.log(sigma / sigma_next)])[-max_order:]
     return x
 
 
-def sde_update(x, sigma, sigma_next, x0_hats, hs, order: int, generator: Generator) -> torch.Tensor:
-    """SDE-DPM-Solver++ (Lu et al. 2022b, App. B; first order, or second order by the midpoint rule)."""
+def sde_update(x, sigma, sigma_next, x0_hats, hs, order: int, *, generator: Generator, eta: float = 1.0,
+               s_noise: float = 1.0) -> torch.Tensor:
+    """SDE-DPM-Solver++ (Lu et al. 2022b, App. B; first order, or second order by the midpoint rule), with
+    k-diffusion's eta: the exact step of the linear part of dx = (1 + eta) (D - x) dlambda + sigma sqrt(2 eta) dw,
+    which keeps the marginals for every eta >= 0 (eta = 1: the reverse SDE; eta = 0: DPM-Solver++(2M)).
+    s_noise scales the fresh noise (1 keeps the marginals)."""
     h = torch.log(sigma / sigma_next)
-    weight = -torch.expm1(-2 * h)  # 1 - e^{-2h} = 1 - sigma_next^2 / sigma^2
+    weight = -torch.expm1(-(1 + eta) * h)  # 1 - e^{-(1 + eta) h}
     d = x0_hats[-1]
     if order == 2:
         d = d + 0.5 * (x0_hats[-1] - x0_hats[-2]) * (h / hs[-1])
-    # x_t = (sigma_t / sigma_s) e^{-h} x_s + alpha_t (1 - e^{-2h}) D + sigma_t sqrt(1 - e^{-2h}) z, divided by alpha_t
-    mean = (sigma_next / sigma) * torch.exp(-h) * x + weight * d
-    return add_noise(mean, sigma_next * weight.sqrt(), generator)
+    # x_t = (sigma_t / sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1 + eta) h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z,
+    # divided by alpha_t
+    mean = (sigma_next / sigma) * torch.exp(-eta * h) * x + weight * d
+    return add_noise(mean, s_noise * sigma_next * (-torch.expm1(-2 * eta * h)).sqrt(), generator)
 
 
 @register("dpmpp_2m", order=2, stochastic=False, nfe_per_step=1)
@@ -168,7 +171,7 @@ def sample_dpmpp_2m(
     denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M), multistep with data prediction (Lu et al. 2022b, Alg. 2)."""
-    return _multistep(denoiser, x, sigmas, generator, callback, 2, sde=False)
+    return _multistep(denoiser, x, sigmas, callback, 2, multistep_update)
 
 
 @register("dpmpp_3m", order=3, stochastic=False, nfe_per_step=1)
@@ -177,13 +180,18 @@ def sample_dpmpp_3m(
     denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
 ) -> torch.Tensor:
     """DPM-Solver++(3M), multistep with data prediction, 2nd order on the next-to-last step."""
-    return _multistep(denoiser, x, sigmas, generator, callback, 3, sde=False)
+    return _multistep(denoiser, x, sigmas, callback, 3, multistep_update)
 
 
 @register("dpmpp_2m_sde", order=2, stochastic=True, nfe_per_step=1)
 @torch.no_grad()
 def sample_dpmpp_2m_sde(
     denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+    eta: float = 1.0, s_noise: float = 1.0,
 ) -> torch.Tensor:
-    """SDE-DPM-Solver++(2M) with the midpoint rule (Lu et al. 2022b, App. B); noise-free last step to sigma = 0."""
-    return _multistep(denoiser, x, sigmas, generator, callback, 2, sde=True)
+    """SDE-DPM-Solver++(2M) with the midpoint rule (Lu et al. 2022b, App. B); noise-free last step to sigma = 0.
+
+    eta (k-diffusion's, default 1: the paper's sampler) scales the Langevin part of the SDE it solves, see sde_update;
+    eta = 0 is DPM-Solver++(2M)."""
+    update = partial(sde_update, generator=generator, eta=eta, s_noise=s_noise)
+    return _multistep(denoiser, x, sigmas, callback, 2, update)

@@ -51,13 +51,14 @@ class Txt2ImgRequest(StageFields):
     sampler_index: str | None = Field(None, description="older clients' field for sampler_name")
     scheduler: str | None = Field(None, description="a name or label from GET /sdapi/v1/schedulers (karras or "
                                   "Karras); a scheduler suffix in sampler_name wins over it")
-    eta: float | None = Field(None, description="noise of DDIM (default 0) and the ancestral samplers (default 1); "
-                              ">= 0")
+    eta: float | None = Field(None, description="noise of DDIM (default 0), the ancestral samplers and DPM++ 2M SDE "
+                              "(default 1); >= 0")
     s_churn: float | None = Field(None, description="Karras et al. churn of Euler and Heun (default 0); >= 0")
     s_tmin: float | None = Field(None, description="lowest sigma that gets churn (default 0); >= 0")
     s_tmax: float | None = Field(None, description="highest sigma that gets churn; 0 or null is infinite, as in the "
                                  "web UI")
-    s_noise: float | None = Field(None, description="churn noise scale (default 1); > 0")
+    s_noise: float | None = Field(None, description="churn noise scale of Euler and Heun, fresh-noise scale of DPM++ "
+                                  "2M SDE (default 1); > 0")
     difflab_parallel_window: int | None = Field(None, ge=1, le=MAX_STEPS, description="difflab's own field: the "
                                                 "ParaDiGMS samplers' window of steps evaluated in one batch (default "
                                                 "8)")
