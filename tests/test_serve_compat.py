@@ -172,6 +172,19 @@ def test_sampler_options_reach_the_samplers_that_use_them(client, models_dir):
     assert txt2img(client, prompt="Bag", sampler_name="Euler", s_tmax=0)[1]["sampler_options"] == {}  # 0 is infinite
 
 
+@pytest.mark.parametrize("sampler,options,written", [
+    ("DDIM", {"eta": 0.5}, {"Eta DDIM": "0.5"}), ("DDIM", {"eta": 0.0}, {}),  # the UI's DDIM default is 0
+    ("DPM++ 2M SDE Karras", {"eta": 0.5, "s_noise": 0.9}, {"Eta": "0.5", "Sigma noise": "0.9"}),
+    ("DPM++ 2M SDE Karras", {"eta": 1.0, "s_noise": 1.0}, {}), ("Euler a", {"eta": 1.0}, {}),  # k-diffusion's: 1
+    ("Euler", {"s_churn": 2.0, "s_tmin": 0.0}, {"Sigma churn": "2.0"}),
+])
+def test_infotext_writes_the_options_that_differ_from_the_samplers_defaults_under_the_uis_keys(client, sampler,
+                                                                                                options, written):
+    text = txt2img(client, prompt="Bag", sampler_name=sampler, **options)[1]["infotexts"][0]
+    keys = ("Eta", "Eta DDIM", "Sigma churn", "Sigma tmin", "Sigma noise")
+    assert {key: value for key, value in parse_infotext(text).items() if key in keys} == written
+
+
 def test_png_info_parses_difflab_infotext_back(client):
     result, info = txt2img(client, prompt="Bag", negative_prompt="Coat", cfg_scale=3, sampler_name="Euler a Karras",
                            width=32, height=24)

@@ -214,7 +214,13 @@ def resolve_sampler(name: str, grid: GridKind | None, dialect: Dialect,
 
 def sampler_options(sampler: SamplerName) -> set[str]:
     """The keyword options (OPTION_RANGES) that the sampler behind a name takes."""
-    return set(inspect.signature(SAMPLERS[sampler.sampler].fn).parameters) & set(OPTION_RANGES)
+    return set(option_defaults(sampler))
+
+
+def option_defaults(sampler: SamplerName) -> dict[str, Any]:
+    """Each keyword option (OPTION_RANGES) that the sampler behind a name takes -> its default value."""
+    parameters = inspect.signature(SAMPLERS[sampler.sampler].fn).parameters
+    return {name: parameters[name].default for name in OPTION_RANGES if name in parameters}
 
 
 def check_option(option: str, value: Any, dialect: Dialect) -> None:

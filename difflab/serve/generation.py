@@ -18,7 +18,7 @@ from difflab.pipelines.cascade import SuperResolution
 from difflab.pipelines.dialect import WEB_UI_NEUTRAL_CFG, Dialect, RequestError
 from difflab.pipelines.guidance import GuidanceRequest
 from difflab.pipelines.request import Plan, Request, plan_request
-from difflab.pipelines.samplers import SamplerName, check_option, sampler_options
+from difflab.pipelines.samplers import SamplerName, check_option, option_defaults, sampler_options
 from difflab.samplers.common import Interrupted
 from difflab.serve.a1111 import infotext, png_base64
 from difflab.serve.controlnet import ControlNetCatalog, controls_of, other_scripts
@@ -45,6 +45,10 @@ SAMPLER_OPTION_FIELDS = {"eta": "Eta", "s_churn": "Sigma churn", "s_tmin": "Sigm
 OPTION_BODY_FIELDS = {**{name: name for name in SAMPLER_OPTION_FIELDS},
                       "window": "difflab_parallel_window", "tolerance": "difflab_parallel_tolerance"}
 NO_OP_OPTIONS = {"s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0}  # the UI's values that change nothing
+# The UI writes eta as "Eta DDIM" for its timestep samplers (DDIM, default 0) and as "Eta" for k-diffusion's (default
+# 1), and every option only where it differs from its sampler's default (modules/sd_samplers_common.py,
+# eta_infotext_field and eta_default); ParaDiGMS DDIM writes as the DDIM it parallelises.
+ETA_DDIM_SAMPLERS = {"ddim", "paradigms_ddim"}
 MODEL_SETTING = "sd_model_checkpoint"
 NOT_THE_UIS = object()  # the default of a field the web UI does not have
 
@@ -175,6 +179,13 @@ def options_of(body: Txt2ImgRequest, sampler: SamplerName, dialect: Dialect) -> 
     return {name: value for name, value in given.items() if name in takes}, dropped
 
 
+def option_fields(sampler: SamplerName, options: dict[str, Any]) -> dict[str, Any]:
+    """The infotext entries of the sampler options a request set: those that differ from the sampler's defaults."""
+    defaults = option_defaults(sampler)
+    return {"Eta DDIM" if name == "eta" and sampler.sampler in ETA_DDIM_SAMPLERS else SAMPLER_OPTION_FIELDS[name]: value
+            for name, value in options.items() if value != defaults[name]}
+
+
 def ignored_fields(body: Txt2ImgRequest) -> list[str]:
     """A warning for each field (and override setting) that asks for something difflab does not do."""
     extra = body.model_extra or {}
@@ -241,8 +252,7 @@ def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:
                "model": {"Trained size": trained}, None: {}}[txt2img.size_by]
     texts = [infotext(prompt, negative_prompt, {
         "Steps": body.steps, "Sampler": plan.sampler.name, "Schedule type": schedule_type(plan.sampler),
-        "CFG scale": f"{txt2img.cfg_scale:g}", **{SAMPLER_OPTION_FIELDS[name]: value for name, value
-                                                  in plan.options.items() if value != NO_OP_OPTIONS.get(name)},
+        "CFG scale": f"{txt2img.cfg_scale:g}", **option_fields(plan.sampler, plan.options),
         "Seed": seed, "Size": f"{txt2img.width}x{txt2img.height}", **resized, "Model hash": model.short_hash,
         "Model": model.name, **txt2img.edit_fields}) for seed in seeds]
     info = {
