@@ -128,8 +128,11 @@ def resolved(name, grid, dialect) -> tuple[str, str, str]:
 
 
 def test_sampler_names_of_both_vocabularies():
-    assert resolved("DPM++ 2M Karras", None, CLI) == ("DPM++ 2M Karras", "dpmpp_2m", "karras")
-    assert resolved("k_dpmpp_2m_ka", "linspace", CLI) == ("DPM++ 2M Karras", "dpmpp_2m", "linspace")  # grid given
+    # the UI's own schedule of a name under "Automatic": Karras for DPM++ 2M, Exponential for DPM++ 2M SDE
+    assert resolved("DPM++ 2M", None, WEB_UI) == ("DPM++ 2M", "dpmpp_2m", "karras")
+    assert resolved("DPM++ 2M SDE", None, WEB_UI) == ("DPM++ 2M SDE", "dpmpp_2m_sde", "log_snr")
+    assert resolved("DPM++ 2M Karras", None, CLI) == ("DPM++ 2M", "dpmpp_2m", "karras")  # an older name: a suffix
+    assert resolved("k_dpmpp_2m", "linspace", CLI) == ("DPM++ 2M", "dpmpp_2m", "linspace")  # grid given
     assert resolved("euler", None, CLI) == ("euler", "euler", "trailing")  # difflab's own names first
     assert resolved("euler", None, WEB_UI) == ("Euler", "euler", "linspace")  # the web UI's names only
     # a scheduler suffix, as the web UI's v1.9+ names and infotexts write it, in any case
@@ -140,10 +143,10 @@ def test_sampler_names_of_both_vocabularies():
     assert find_scheduler("karras", WEB_UI) is find_scheduler("Karras", WEB_UI) is find_scheduler("KARRAS", WEB_UI)
     with pytest.raises(RequestError, match="'Euler a SGMUniform' ends in scheduler 'SGM Uniform', which needs a grid"):
         resolve_sampler("Euler a SGMUniform", None, WEB_UI)
-    with pytest.raises(RequestError, match="unknown sampler 'dpmpp_2m': sampler_name must be one of Euler a, "):
+    with pytest.raises(RequestError, match=r"unknown sampler 'dpmpp_2m': sampler_name must be one of DPM\+\+ 2M, "):
         resolve_sampler("dpmpp_2m", None, WEB_UI)
     with pytest.raises(RequestError, match=r"unknown sampler 'nope': --sampler must be one of .*ddim.* or a web UI "
-                                           r"name \(Euler a, "):
+                                           r"name \(DPM\+\+ 2M, "):
         resolve_sampler("nope", None, CLI)
 
 

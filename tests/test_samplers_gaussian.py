@@ -79,6 +79,7 @@ SAMPLING_ERROR = 5 * max(float(COV.diag().max() / N_MOMENTS) ** 0.5,
 
 STOCHASTIC = [("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {"eta": 1.0}), ("euler_ancestral", {}),
               ("dpmpp_2m_sde", {}), ("dpmpp_2m_sde", {"eta": 0.5}), ("dpmpp_2m_sde", {"eta": 2.0}),
+              ("dpmpp_2m_sde_heun", {}), ("dpmpp_2m_sde_heun", {"eta": 0.5}),
               ("euler_maruyama", {"sde": "vp"}), ("euler_maruyama", {"sde": "subvp"}), ("euler_maruyama", {"sde": "ve"}), ("predictor_corrector", {}), ("euler", {"s_churn": 10.0}),
               ("heun", {"s_churn": 10.0}), ("annealed_langevin", {"langevin_steps": 4, "step_size": 0.5})]
 

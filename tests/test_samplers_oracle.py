@@ -10,7 +10,8 @@ Configurations matched (all with prediction_type="epsilon"), to 1e-5:
 - EulerDiscreteScheduler / HeunDiscreteScheduler(beta_schedule="scaled_linear", use_karras_sigmas=True,
   final_sigmas_type="zero") == euler / heun on scheduler.sigmas;
 - DPMSolverMultistepScheduler(beta_schedule="scaled_linear", algorithm_type="dpmsolver++" | "sde-dpmsolver++",
-  solver_order=2, final_sigmas_type="zero", timestep_spacing="trailing") == dpmpp_2m / dpmpp_2m_sde on
+  solver_order=2, final_sigmas_type="zero", timestep_spacing="trailing") == dpmpp_2m / dpmpp_2m_sde (solver_type
+  "midpoint") and dpmpp_2m_sde_heun (solver_type "heun") on
   scheduler.sigmas (its solver_order=3 is not compared: its 3rd-order term has half its Taylor weight, see
   difflab/samplers/dpm_solver.py, and it converges with order 2).
 Samplers run in VE coordinates; diffusers' DDPM, DDIM and DPM-Solver states are VP, x_vp = x / sqrt(1 + sigma^2).
@@ -128,12 +129,14 @@ def test_euler_and_heun_match_karras_schedulers(name, scheduler_class):
     torch.testing.assert_close(ours(SCALED, name, sigmas, x_T.double()), x.double(), rtol=0, atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("algorithm,name", [("dpmsolver++", "dpmpp_2m"), ("sde-dpmsolver++", "dpmpp_2m_sde")])
+@pytest.mark.parametrize("algorithm,solver,name", [("dpmsolver++", "midpoint", "dpmpp_2m"),
+                                                   ("sde-dpmsolver++", "midpoint", "dpmpp_2m_sde"),
+                                                   ("sde-dpmsolver++", "heun", "dpmpp_2m_sde_heun")])
 @pytest.mark.parametrize("steps", [8, 20])
-def test_dpm_solver_pp_2m_matches_multistep_scheduler(algorithm, name, steps):
+def test_dpm_solver_pp_2m_matches_multistep_scheduler(algorithm, solver, name, steps):
     scheduler = with_our_tables(diffusers.DPMSolverMultistepScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", algorithm_type=algorithm, solver_order=2,
-        final_sigmas_type="zero", timestep_spacing="trailing"), SCALED)
+        solver_type=solver, final_sigmas_type="zero", timestep_spacing="trailing"), SCALED)
     scheduler.set_timesteps(steps)
     twin = torch.Generator().manual_seed(0)  # replays our sampler's draws: one per step that ends above sigma = 0
     x = noise(4)

@@ -90,10 +90,10 @@ def test_txt2img_answers_images_parameters_and_info(client):
 
 
 def test_png_carries_the_parameters_chunk_in_the_ui_form(client):
-    result, info = txt2img(client, sampler_name="DPM++ 2M Karras")
+    result, info = txt2img(client, sampler_name="DPM++ 2M Karras")  # the UI's older name: DPM++ 2M on Karras
     text = png(result["images"][0]).text["parameters"]
     assert text == info["infotexts"][0]
-    assert re.fullmatch(r"Steps: 3, Sampler: DPM\+\+ 2M Karras, CFG scale: 1, Seed: 7, Size: 16x16, "
+    assert re.fullmatch(r"Steps: 3, Sampler: DPM\+\+ 2M, Schedule type: Karras, CFG scale: 1, Seed: 7, Size: 16x16, "
                         r"Model hash: [0-9a-f]{10}, Model: uncond\d*", text), text
 
 
@@ -139,11 +139,17 @@ def test_every_offered_sampler_name_runs(client, entry):
 
 
 def test_sampler_aliases_scheduler_and_sampler_index(client):
-    assert txt2img(client, sampler_name="k_dpmpp_2m_ka")[1]["sampler_name"] == "DPM++ 2M Karras"
     assert txt2img(client, sampler_name="euler A")[1]["sampler_name"] == "Euler a"
     assert txt2img(client, sampler_index="DDIM")[1]["grid"] == "leading"
-    result, info = txt2img(client, sampler_name="DPM++ 2M", scheduler="Karras")
-    assert info["grid"] == "karras" and "Schedule type: Karras" in info["infotexts"][0]
+    assert txt2img(client)[1]["sampler_name"] == "Euler"  # none named: the UI API's sampler_index default
+    # "Automatic" is the UI's own schedule of the sampler: Karras for DPM++ 2M, Exponential for DPM++ 2M SDE, which the
+    # UI writes as the Schedule type; none for Euler
+    for name, grid, label in (("k_dpmpp_2m", "karras", "Karras"), ("DPM++ 2M SDE", "log_snr", "Exponential")):
+        _, info = txt2img(client, sampler_name=name, scheduler="Automatic")
+        assert info["grid"] == grid and info["scheduler"] == label and f"Schedule type: {label}" in info["infotexts"][0]
+    _, info = txt2img(client, sampler_name="DPM++ 2M", scheduler="Uniform")
+    assert info["grid"] == "linspace" and "Schedule type: Uniform" in info["infotexts"][0]
+    assert "Schedule type" not in txt2img(client, sampler_name="Euler")[1]["infotexts"][0]
 
 
 def test_lcm_is_the_consistency_sampler(client):
@@ -168,7 +174,7 @@ def test_parallel_samplers_by_name_window_and_tolerance(tmp_path):
         bad = c.post("/sdapi/v1/txt2img", json={"sampler_name": "ParaDiGMS DDIM", "difflab_parallel_tolerance": 2})
     for a, b in zip(sequential["images"], exact["images"]):
         assert np.abs(np.asarray(png(a), np.int16) - np.asarray(png(b), np.int16)).max() <= 1
-    assert exact_info["difflab_sampler"] == "paradigms_dpmpp_2m" and exact_info["grid"] == "linspace"
+    assert exact_info["difflab_sampler"] == "paradigms_dpmpp_2m" and exact_info["grid"] == "karras"
     assert exact_info["difflab_parallel"][0]["rounds"] >= 12 // 4  # a window of 4 passes 12 steps in >= 3 rounds
     assert "ParaDiGMS window: 4, ParaDiGMS tolerance: 0.0," in exact_info["infotexts"][0]
     rounds = [batch["rounds"] for batch in info["difflab_parallel"]]
@@ -183,10 +189,10 @@ def test_only_registered_samplers_are_offered(client, strict_client, monkeypatch
     names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
     assert "Heun" not in names and "Euler" in names
     _, info = txt2img(client, sampler_name="Heun")
-    assert info["sampler_name"] == "Euler a" and info["warnings"] == [
-        "sampler_name 'Heun' needs sampler 'heun', which difflab does not have yet; choose from Euler a, Euler, "
-        "DPM++ 2M, DPM++ 2M SDE, DPM++ 2M Karras, DPM++ 2M SDE Karras, DPM++ 2M SDE Exponential, DDIM, LCM, "
-        "ParaDiGMS DDIM, ParaDiGMS DDPM, ParaDiGMS DPM++ 2M; used 'Euler a'"]
+    assert info["sampler_name"] == "DPM++ 2M" and info["warnings"] == [
+        "sampler_name 'Heun' needs sampler 'heun', which difflab does not have yet; choose from DPM++ 2M, "
+        "DPM++ 2M SDE, DPM++ 2M SDE Heun, Euler a, Euler, DDIM, LCM, ParaDiGMS DDIM, ParaDiGMS DDPM, ParaDiGMS DPM++ 2M; "
+        "used 'DPM++ 2M'"]
     response = strict_client.post("/sdapi/v1/txt2img", json={"sampler_name": "Heun"})
     assert response.status_code == 422 and "does not have yet" in response.json()["detail"]
     assert all(e.sampler in SAMPLERS for e in offered_samplers())
@@ -218,7 +224,7 @@ def test_only_registered_samplers_are_offered(client, strict_client, monkeypatch
     ({"eta": -0.5, "sampler_name": "Euler"}, "eta", "eta must be >= 0, got -0.5"),  # even where it is not used
     ({"s_noise": 0, "sampler_name": "Euler"}, "s_noise", "s_noise must be > 0, got 0"),
     ({"s_tmin": 5, "s_tmax": 2, "sampler_name": "Euler"}, "s_tmin", "s_tmin must be <= s_tmax, got 5.0 > 2.0"),
-    ({"sampler_name": "Euler b"}, "sampler_name", "sampler_name must be one of Euler a, Euler,"),
+    ({"sampler_name": "Euler b"}, "sampler_name", "sampler_name must be one of DPM++ 2M, DPM++ 2M SDE, DPM++ 2M SDE"),
     ({"sampler_name": "PLMS"}, "sampler_name", "needs sampler 'plms', which difflab does not have yet"),
     ({"sampler_name": "Euler a Beta"}, "sampler_name", "ends in scheduler 'Beta', which needs a grid difflab does not"),
     ({"scheduler": "Beta"}, "scheduler", "'Beta' needs a grid difflab does not have yet; choose from Automatic, "
@@ -278,8 +284,8 @@ def test_class_model_cfg_scale_is_one_plus_the_guidance_weight(tmp_path):
     assert parameters.startswith("Bag\nNegative prompt: Coat\nSteps: 3,") and "CFG scale: 3," in parameters
     pixels = {name: [np.asarray(png(image)) for image in result["images"]]
               for name, result in (("guided", guided), ("plain", plain), ("null", null_negative), ("ignored", ignored))}
-    # the same images as generate() with w = cfg_scale - 1 and the negative label (default sampler: Euler a)
-    expected = to_uint8(generate(model.denoiser, model.config.data_shape, 2, sampler="euler_ancestral", steps=3,
+    # the same images as generate() with w = cfg_scale - 1 and the negative label (no sampler named: Euler)
+    expected = to_uint8(generate(model.denoiser, model.config.data_shape, 2, sampler="euler", steps=3,
                                  grid="linspace", seed=7, batch=2, cond=Condition(torch.tensor([1, 1])),
                                  guidance=Guidance(cfg=2.0, negative=Condition(torch.tensor([0])))))
     assert np.array_equal(np.stack(pixels["guided"]), expected)
@@ -309,7 +315,9 @@ def test_class_model_refuses_what_it_cannot_do(class_client, body, field, words)
 
 def test_read_only_endpoints(client, class_client):
     samplers = client.get("/sdapi/v1/samplers").json()
-    assert samplers[0] == {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral"],
+    assert samplers[0] == {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"],
+                           "options": {"scheduler": "karras", "difflab_sampler": "dpmpp_2m", "grid": "karras"}}
+    assert samplers[3] == {"name": "Euler a", "aliases": ["k_euler_a", "k_euler_ancestral"],
                            "options": {"difflab_sampler": "euler_ancestral", "grid": "linspace"}}
     [model] = client.get("/sdapi/v1/sd-models").json()
     assert model["title"] == f"{model['model_name']} [{model['hash']}]" and model["sha256"].startswith(model["hash"])

@@ -112,12 +112,14 @@ def test_scheduler_names_labels_and_suffixes_give_the_same_images(client):
 def test_unknown_names_fall_back_to_the_default_with_a_warning(client):
     _, info = txt2img(client, prompt="Bag", sampler_name="Restart", scheduler="Align Your Steps", width=32,
                       hr_upscaler="Latent")
-    assert (info["sampler_name"], info["grid"], info["upscaler"]) == ("Euler a", "linspace", "Lanczos")
+    # the UI's first sampler name under "Automatic": its own schedule, Karras
+    assert (info["sampler_name"], info["grid"], info["upscaler"]) == ("DPM++ 2M", "karras", "Lanczos")
     scheduler = ("scheduler 'Align Your Steps' needs a grid difflab does not have yet; choose from Automatic, "
                  "Uniform, Karras, Exponential, Normal; used Automatic")
-    assert [w.split(":")[0] for w in info["warnings"]] == [scheduler, "unknown sampler 'Restart'",
-                                                           "unknown upscaler 'Latent'"]
-    assert info["warnings"][1].endswith("; used 'Euler a'") and info["warnings"][2].endswith("; used Lanczos")
+    assert info["warnings"][0] == scheduler and info["warnings"][2].startswith("unknown upscaler 'Latent'")
+    assert info["warnings"][1].startswith("sampler_name 'Restart' needs sampler 'restart', which difflab does not")
+    assert info["warnings"][1].endswith("; used 'DPM++ 2M'") and info["warnings"][2].endswith("; used Lanczos")
+    assert txt2img(client, prompt="Bag", sampler_name="Euler b")[1]["warnings"][0].startswith("unknown sampler")
 
 
 @pytest.mark.parametrize("upscaler, factor", [("Nearest", 2), ("nearest", 3)])
@@ -136,7 +138,7 @@ def test_a_unet_runs_at_another_size_when_asked(client, models_dir):
     assert png(result["images"][0]).size == (40, 24) and (info["size_by"], info["upscaler"]) == ("model", None)
     assert "Size: 40x24, Trained size: 16x16," in info["infotexts"][0]
     model = load_served_model(models_dir / "classes" / "checkpoint.safetensors")
-    expected = to_uint8(generate(model.denoiser, (1, 24, 40), 1, sampler="euler_ancestral", steps=3, grid="linspace",
+    expected = to_uint8(generate(model.denoiser, (1, 24, 40), 1, sampler="euler", steps=3, grid="linspace",
                                  seed=7, cond=Condition(torch.tensor([1])), guidance=Guidance(cfg=1.0)))
     assert np.array_equal(np.asarray(png(result["images"][0]))[None], expected)
     for body, field, words in (({"width": 41}, "width", "width must be a multiple of 2 to run model classes"),

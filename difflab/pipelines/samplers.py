@@ -52,48 +52,49 @@ class SamplerName:
 
     name: str
     sampler: str  # difflab registry name
-    grid: GridKind
+    grid: GridKind  # the grid the name runs on under the "Automatic" schedule
     aliases: tuple[str, ...] = ()
+    scheduler: str | None = None  # the web UI's own schedule for it ("karras"), which "Automatic" stands for
 
 
-# The UI's names (modules/sd_samplers_kdiffusion.py and sd_samplers_timesteps.py). Its "Automatic" schedule on a
-# discrete model is k-diffusion's DiscreteSchedule.get_sigmas, timesteps evenly spaced from T-1 down to 0 ("linspace");
-# "Karras" is Karras et al. 2022, Eq. 5 with rho = 7; "Exponential" is uniform in log sigma ("log_snr"); DDIM, PLMS
-# and UniPC use CompVis' uniform timestep spacing ("leading"). The UI's LCM (modules/sd_samplers_lcm.py, listed last:
-# x = denoised, then x += sigma_next z) is multistep consistency sampling, difflab's `consistency`; its own grid (LCM's
-# 50-step subgrid) has no difflab twin, so it runs on consistency's default, trailing, whose last level is not wasted
-# on sigma_min where f(x, sigma_min) = x. The ParaDiGMS names are difflab's own, after the UI's: each runs on the grid
-# of the UI name it parallelises. Only entries whose sampler is registered are offered.
+# The UI's names as of v1.9 (modules/sd_samplers_kdiffusion.py, sd_samplers_timesteps.py and sd_samplers_lcm.py), in
+# its order; the first is its default for an unknown name. A k-diffusion sampler with a schedule of its own in the UI
+# ("scheduler": "karras" for DPM++ 2M, "exponential" for the SDE ones) runs on it under "Automatic"; one without runs
+# on k-diffusion's DiscreteSchedule.get_sigmas, timesteps evenly spaced from T-1 down to 0 ("linspace"). DDIM, PLMS
+# and UniPC use CompVis' uniform timestep spacing ("leading"). "Karras" is Karras et al. 2022, Eq. 5 with rho = 7;
+# "Exponential" is uniform in log sigma ("log_snr"). The UI's older names with a schedule in them ("DPM++ 2M Karras")
+# resolve, as there, as the name plus a scheduler suffix. The UI's LCM (modules/sd_samplers_lcm.py: x = denoised,
+# then x += sigma_next z) is multistep consistency sampling, difflab's `consistency`; its own grid (LCM's 50-step
+# subgrid) has no difflab twin, so it runs on consistency's default, trailing, whose last level is not wasted on
+# sigma_min where f(x, sigma_min) = x. The ParaDiGMS names are difflab's own, after the UI's: each runs on the grid of
+# the UI name it parallelises. Only entries whose sampler is registered are offered.
 SAMPLER_NAMES: tuple[SamplerName, ...] = (
+    SamplerName("DPM++ 2M", "dpmpp_2m", "karras", ("k_dpmpp_2m",), "karras"),
+    SamplerName("DPM++ SDE", "dpmpp_sde", "karras", ("k_dpmpp_sde",), "karras"),
+    SamplerName("DPM++ 2M SDE", "dpmpp_2m_sde", "log_snr", ("k_dpmpp_2m_sde",), "exponential"),
+    SamplerName("DPM++ 2M SDE Heun", "dpmpp_2m_sde_heun", "log_snr", ("k_dpmpp_2m_sde_heun",), "exponential"),
+    SamplerName("DPM++ 2S a", "dpmpp_2s_ancestral", "karras", ("k_dpmpp_2s_a",), "karras"),
+    SamplerName("DPM++ 3M SDE", "dpmpp_3m_sde", "log_snr", ("k_dpmpp_3m_sde",), "exponential"),
     SamplerName("Euler a", "euler_ancestral", "linspace", ("k_euler_a", "k_euler_ancestral")),
     SamplerName("Euler", "euler", "linspace", ("k_euler",)),
     SamplerName("LMS", "lms", "linspace", ("k_lms",)),
     SamplerName("Heun", "heun", "linspace", ("k_heun",)),
-    SamplerName("DPM2", "dpm_2", "linspace", ("k_dpm_2",)),
-    SamplerName("DPM2 a", "dpm_2_ancestral", "linspace", ("k_dpm_2_a",)),
-    SamplerName("DPM++ 2S a", "dpmpp_2s_ancestral", "linspace", ("k_dpmpp_2s_a",)),
-    SamplerName("DPM++ 2M", "dpmpp_2m", "linspace", ("k_dpmpp_2m",)),
-    SamplerName("DPM++ SDE", "dpmpp_sde", "linspace", ("k_dpmpp_sde",)),
-    SamplerName("DPM++ 2M SDE", "dpmpp_2m_sde", "linspace", ("k_dpmpp_2m_sde",)),
-    SamplerName("DPM++ 3M SDE", "dpmpp_3m_sde", "linspace", ("k_dpmpp_3m_sde",)),
-    SamplerName("LMS Karras", "lms", "karras", ("k_lms_ka",)),
-    SamplerName("DPM2 Karras", "dpm_2", "karras", ("k_dpm_2_ka",)),
-    SamplerName("DPM2 a Karras", "dpm_2_ancestral", "karras", ("k_dpm_2_a_ka",)),
-    SamplerName("DPM++ 2S a Karras", "dpmpp_2s_ancestral", "karras", ("k_dpmpp_2s_a_ka",)),
-    SamplerName("DPM++ 2M Karras", "dpmpp_2m", "karras", ("k_dpmpp_2m_ka",)),
-    SamplerName("DPM++ SDE Karras", "dpmpp_sde", "karras", ("k_dpmpp_sde_ka",)),
-    SamplerName("DPM++ 2M SDE Karras", "dpmpp_2m_sde", "karras", ("k_dpmpp_2m_sde_ka",)),
-    SamplerName("DPM++ 2M SDE Exponential", "dpmpp_2m_sde", "log_snr", ("k_dpmpp_2m_sde_exp",)),
-    SamplerName("DPM++ 3M SDE Karras", "dpmpp_3m_sde", "karras", ("k_dpmpp_3m_sde_ka",)),
-    SamplerName("DPM++ 3M SDE Exponential", "dpmpp_3m_sde", "log_snr", ("k_dpmpp_3m_sde_exp",)),
+    SamplerName("DPM2", "dpm_2", "karras", ("k_dpm_2",), "karras"),
+    SamplerName("DPM2 a", "dpm_2_ancestral", "karras", ("k_dpm_2_a",), "karras"),
+    SamplerName("DPM fast", "dpm_fast", "linspace", ("k_dpm_fast",)),
+    SamplerName("DPM adaptive", "dpm_adaptive", "linspace", ("k_dpm_ad",)),
+    SamplerName("Restart", "restart", "karras", ("restart",), "karras"),
     SamplerName("DDIM", "ddim", "leading", ("ddim",)),
+    SamplerName("DDIM CFG++", "ddim_cfgpp", "leading", ("ddim_cfgpp",)),
     SamplerName("PLMS", "plms", "leading", ("plms",)),
     SamplerName("UniPC", "unipc", "leading", ("unipc",)),
     SamplerName("LCM", "consistency", "trailing", ("k_lcm",)),
     SamplerName("ParaDiGMS DDIM", "paradigms_ddim", "leading"),
     SamplerName("ParaDiGMS DDPM", "paradigms_ddpm", "leading"),
-    SamplerName("ParaDiGMS DPM++ 2M", "paradigms_dpmpp_2m", "linspace"),
+    SamplerName("ParaDiGMS DPM++ 2M", "paradigms_dpmpp_2m", "karras", (), "karras"),
 )
+# The sampler of a web UI request that names none: the UI API's sampler_index default (modules/api/models.py)
+OMITTED_SAMPLER = "Euler"
 
 
 @dataclass(frozen=True)

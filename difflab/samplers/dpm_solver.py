@@ -149,19 +149,23 @@ def _multistep(denoiser, x, sigmas, callback, max_order: int, update) -> torch.T
 
 
 def sde_update(x, sigma, sigma_next, x0_hats, hs, order: int, *, generator: Generator, eta: float = 1.0,
-               s_noise: float = 1.0) -> torch.Tensor:
-    """SDE-DPM-Solver++ (Lu et al. 2022b, App. B; first order, or second order by the midpoint rule), with
-    k-diffusion's eta: the exact step of the linear part of dx = (1 + eta) (D - x) dlambda + sigma sqrt(2 eta) dw,
-    which keeps the marginals for every eta >= 0 (eta = 1: the reverse SDE; eta = 0: DPM-Solver++(2M)).
-    s_noise scales the fresh noise (1 keeps the marginals)."""
+               s_noise: float = 1.0, heun: bool = False) -> torch.Tensor:
+    """SDE-DPM-Solver++ (Lu et al. 2022b, App. B; first order, or second order by the midpoint rule or, with `heun`,
+    the trapezoidal one), with k-diffusion's eta: the exact step of the linear part of
+    dx = (1 + eta) (D - x) dlambda + sigma sqrt(2 eta) dw, which keeps the marginals for every eta >= 0 (eta = 1: the
+    reverse SDE; eta = 0: DPM-Solver++(2M)). s_noise scales the fresh noise (1 keeps the marginals)."""
     h = torch.log(sigma / sigma_next)
     weight = -torch.expm1(-(1 + eta) * h)  # 1 - e^{-(1 + eta) h}
-    d = x0_hats[-1]
-    if order == 2:
-        d = d + 0.5 * (x0_hats[-1] - x0_hats[-2]) * (h / hs[-1])
     # x_t = (sigma_t / sigma_s) e^{-eta h} x_s + alpha_t (1 - e^{-(1 + eta) h}) D + sigma_t sqrt(1 - e^{-2 eta h}) z,
     # divided by alpha_t
-    mean = (sigma_next / sigma) * torch.exp(-eta * h) * x + weight * d
+    mean = (sigma_next / sigma) * torch.exp(-eta * h) * x
+    if order == 1:
+        mean = mean + weight * x0_hats[-1]
+    elif heun:
+        # + (1 - (1 - e^{-(1 + eta) h}) / ((1 + eta) h)) (x0_i - x0_{i-1}) / r, r = h_prev / h
+        mean = mean + weight * x0_hats[-1] + (1 - weight / ((1 + eta) * h)) * (x0_hats[-1] - x0_hats[-2]) * (h / hs[-1])
+    else:
+        mean = mean + weight * (x0_hats[-1] + 0.5 * (x0_hats[-1] - x0_hats[-2]) * (h / hs[-1]))  # midpoint rule
     return add_noise(mean, s_noise * sigma_next * (-torch.expm1(-2 * eta * h)).sqrt(), generator)
 
 
@@ -194,4 +198,16 @@ def sample_dpmpp_2m_sde(
     eta (k-diffusion's, default 1: the paper's sampler) scales the Langevin part of the SDE it solves, see sde_update;
     eta = 0 is DPM-Solver++(2M)."""
     update = partial(sde_update, generator=generator, eta=eta, s_noise=s_noise)
+    return _multistep(denoiser, x, sigmas, callback, 2, update)
+
+
+@register("dpmpp_2m_sde_heun", order=2, stochastic=True, nfe_per_step=1)
+@torch.no_grad()
+def sample_dpmpp_2m_sde_heun(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+    eta: float = 1.0, s_noise: float = 1.0,
+) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) with the trapezoidal (Heun) second-order term, k-diffusion's solver_type="heun" and
+    diffusers' solver_type="heun"; eta and s_noise as dpmpp_2m_sde."""
+    update = partial(sde_update, generator=generator, eta=eta, s_noise=s_noise, heun=True)
     return _multistep(denoiser, x, sigmas, callback, 2, update)

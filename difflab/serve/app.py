@@ -46,8 +46,10 @@ USAGE = """\
   guidance, 7 means w = 6), and `negative_prompt` (free text on a text model, a class on a class-only model) is
   what guidance steers away from instead of the unconditional model; it acts only with `cfg_scale` > 1.
 - **Names.** Sampler and scheduler names are matched as the web UI matches them, in any case: a name or label
-  (`karras` or `Karras`), an alias, or a scheduler suffix in `sampler_name` ("Euler a Karras"). An unknown name falls
-  back to the default with a warning in `info.warnings` (422 on a server run with `--strict-names`).
+  (`karras` or `Karras`), an alias, or a scheduler suffix in `sampler_name` ("Euler a Karras"). A request naming no
+  sampler gets Euler (the UI API's `sampler_index` default); an unknown name falls back to the UI's first, DPM++ 2M,
+  with a warning in `info.warnings` (422 on a server run with `--strict-names`). `Automatic` is the sampler's own
+  schedule in the UI (Karras for DPM++ 2M, Exponential for DPM++ 2M SDE, Uniform for Euler).
 - **Sizes.** Images are made at the model's size; another `width`/`height` (up to 2048) is served by resizing them
   with `hr_upscaler` (GET /sdapi/v1/upscalers; default Lanczos; a super-resolution model there upscales them to its
   own size, its augmentation level `difflab_hr_noise_level`), or, with difflab's own field
@@ -167,8 +169,10 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
 
     @app.get("/sdapi/v1/samplers", response_model=list[SamplerItem])
     async def samplers() -> list[dict]:
-        """The sampler names this server accepts, with the difflab sampler and grid behind each."""
-        return [{"name": e.name, "aliases": list(e.aliases), "options": {"difflab_sampler": e.sampler, "grid": e.grid}}
+        """The sampler names this server accepts, with the difflab sampler and grid behind each (and, as the UI lists
+        it, the schedule of those with one of their own)."""
+        return [{"name": e.name, "aliases": list(e.aliases), "options": {
+            **({} if e.scheduler is None else {"scheduler": e.scheduler}), "difflab_sampler": e.sampler, "grid": e.grid}}
                 for e in offered_samplers()]
 
     @app.get("/sdapi/v1/sd-models", response_model=list[ModelItem])

@@ -2,8 +2,9 @@
 the UI resolves them (difflab.pipelines.samplers states the case rule).
 
 Like the UI since v1.9 (sd_samplers.get_sampler_and_scheduler), an unknown sampler or scheduler falls back to the
-default, here with a warning in `info`; a server started with --strict-names refuses it with 422 instead. A scheduler
-suffix in the sampler name wins over the `scheduler` field, as in the UI.
+default (the first sampler name, DPM++ 2M; Automatic), here with a warning in `info`; a server started with
+--strict-names refuses it with 422 instead. A request that names no sampler gets Euler, the UI API's sampler_index
+default. A scheduler suffix in the sampler name wins over the `scheduler` field, as in the UI.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import TypeVar
 
 from difflab.grids import GridKind
 from difflab.pipelines.dialect import Dialect, RequestError
-from difflab.pipelines.samplers import (AUTOMATIC, SAMPLER_NAMES, SCHEDULER_NAMES, SamplerName, find_scheduler,
-                                        offered_samplers, resolve_sampler, split_scheduler)
+from difflab.pipelines.samplers import (AUTOMATIC, OMITTED_SAMPLER, SAMPLER_NAMES, SCHEDULER_NAMES, SamplerName,
+                                        find_scheduler, offered_samplers, resolve_sampler, split_scheduler)
 from difflab.serve.resize import DEFAULT_UPSCALER, UPSCALERS
 
 T = TypeVar("T")
@@ -45,7 +46,7 @@ def resolve_names(sampler_name: str | None, scheduler: str | None, upscaler: str
             return fallback()
 
     default = offered_samplers()[0].name
-    name = sampler_name or default
+    name = sampler_name or OMITTED_SAMPLER
     _, suffix = split_scheduler(name)
     chosen = suffix or (AUTOMATIC if scheduler is None else
                         lenient(lambda: find_scheduler(scheduler, dialect), lambda: AUTOMATIC, AUTOMATIC.label))
@@ -67,9 +68,9 @@ def find_upscaler(name: str, dialect: Dialect) -> str:
 
 
 def schedule_type(sampler: SamplerName) -> str | None:
-    """The UI's "Schedule type" of a resolved sampler: the label of its grid where that is not the grid its name
-    implies (a legacy name such as "DPM++ 2M Karras" says it already); None otherwise."""
-    implied = next(entry.grid for entry in SAMPLER_NAMES if entry.name == sampler.name)
-    if sampler.grid == implied:
+    """The UI's "Schedule type" of a resolved sampler: the label of its grid, unless it runs on the grid of a name
+    without a schedule of its own in the UI (Euler under "Automatic": the UI writes none); None then."""
+    entry = next(entry for entry in SAMPLER_NAMES if entry.name == sampler.name)
+    if sampler.grid == entry.grid and entry.scheduler is None:
         return None
     return next((entry.label for entry in SCHEDULER_NAMES if entry.grid == sampler.grid), None)

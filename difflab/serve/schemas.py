@@ -46,8 +46,9 @@ class Txt2ImgRequest(StageFields):
                                     "guidance; default 2 (w = 1) on a conditional model; an unconditional model "
                                     "ignores it, with a warning")
     sampler_name: str | None = Field(None, description="a name from GET /sdapi/v1/samplers, optionally ending in a "
-                                     "scheduler label (\"Euler a Karras\"); default: the first. Unknown names fall "
-                                     "back to it with a warning (422 on a server run with --strict-names)")
+                                     "scheduler label (\"Euler a Karras\"); default Euler (the web UI API's "
+                                     "sampler_index default). Unknown names fall back to the first, DPM++ 2M, with a "
+                                     "warning (422 on a server run with --strict-names)")
     sampler_index: str | None = Field(None, description="older clients' field for sampler_name")
     scheduler: str | None = Field(None, description="a name or label from GET /sdapi/v1/schedulers (karras or "
                                   "Karras); a scheduler suffix in sampler_name wins over it")

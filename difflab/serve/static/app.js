@@ -20,11 +20,12 @@ function showError(message) {
 
 async function init() {
   try {
-    const [models, options, samplers] = await Promise.all(
-      [api("/sdapi/v1/sd-models"), api("/sdapi/v1/options"), api("/sdapi/v1/samplers")]);
+    const [models, options, samplers, schedulers] = await Promise.all(
+      [api("/sdapi/v1/sd-models"), api("/sdapi/v1/options"), api("/sdapi/v1/samplers"), api("/sdapi/v1/schedulers")]);
     for (const m of models) $("model-select").add(new Option(m.title, m.title));
     $("model-select").value = options.sd_model_checkpoint;
     for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
+    for (const s of schedulers) $("scheduler").add(new Option(s.label, s.label));  // Automatic first
     await configure();
     await listNetworks();
   } catch (err) {
@@ -130,6 +131,7 @@ function request() {
     prompt: conditional ? $("class").value : $("prompt").value,
     negative_prompt: $("negative").value,
     sampler_name: $("sampler").value,
+    scheduler: $("scheduler").value,
     steps: Number($("steps").value),
     cfg_scale: Number($("cfg").value),
     seed: Number($("seed").value),
@@ -152,8 +154,8 @@ function addCards(result) {
       `<a class="download">Download PNG</a>`;
     card.querySelector("img").src = src;
     const meta = card.querySelector(".meta");
-    const fields = [["Seed", seed], ["Sampler", info.sampler_name], ["Steps", info.steps],
-                    ["Size", `${info.width}×${info.height}`]];
+    const fields = [["Seed", seed], ["Sampler", info.sampler_name], ["Schedule type", info.scheduler],
+                    ["Steps", info.steps], ["Size", `${info.width}×${info.height}`]];
     if (info.prompt) fields.unshift([model.conditioning === "text" ? "Prompt" : "Class", info.prompt]);
     meta.innerHTML = fields.map(([k]) => `<b>${k}:</b> <span data-key="${k}"></span>`).join("<br>");
     for (const [k, v] of fields) meta.querySelector(`[data-key="${k}"]`).textContent = v;
