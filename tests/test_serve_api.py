@@ -150,6 +150,17 @@ def test_sampler_aliases_scheduler_and_sampler_index(client):
     _, info = txt2img(client, sampler_name="DPM++ 2M", scheduler="Uniform")
     assert info["grid"] == "linspace" and "Schedule type: Uniform" in info["infotexts"][0]
     assert "Schedule type" not in txt2img(client, sampler_name="Euler")[1]["infotexts"][0]
+    # a scheduler chosen by name is written by its label, also where it is the sampler's own grid (get_sigmas writes
+    # any scheduler with a function) and where two labels share a grid (Normal and Uniform are both linspace here)
+    for fields, label in (({"scheduler": "Uniform"}, "Uniform"), ({"scheduler": "normal"}, "Normal"),
+                          ({"sampler_name": "Euler Uniform"}, "Uniform")):
+        _, info = txt2img(client, **{"sampler_name": "Euler", **fields})
+        assert (info["sampler_name"], info["grid"], info["scheduler"]) == ("Euler", "linspace", label)
+        assert f"Sampler: Euler, Schedule type: {label}," in info["infotexts"][0]
+    # an unknown sampler with a scheduler suffix falls back to DPM++ 2M on that scheduler, as the UI's
+    # get_sampler_and_scheduler does
+    _, info = txt2img(client, sampler_name="Foo Uniform")
+    assert (info["sampler_name"], info["grid"], info["scheduler"]) == ("DPM++ 2M", "linspace", "Uniform")
 
 
 def test_lcm_is_the_consistency_sampler(client):

@@ -65,6 +65,7 @@ class Txt2Img:
     width: int  # of the images answered: the model's, unless the request asked for another (see size_by)
     height: int
     upscaler: str | None
+    schedule_type: str | None  # the UI's "Schedule type" (difflab.serve.names.schedule_type)
     size_by: str | None  # how another size than the model's was made: "upscaler", "model", or None (the model's)
     warnings: tuple[str, ...]
     stages: Stages | None = None  # the hires fix and a refiner (difflab.serve.stages)
@@ -160,7 +161,7 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
         noise_level = body.difflab_hr_noise_level or 0.0
         super_resolution = upscalers.upscaler(sr, plan, model.shape, (height, width), noise_level, dialect)
     return Txt2Img(body, model, plan, dialect, cfg_scale, width, height, names.upscaler if sr is None else sr.name,
-                   size_by, (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings,
+                   schedule_type(plan.sampler, names.scheduler), size_by, (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings,
                              *control_warnings), super_resolution=super_resolution, noise_level=noise_level)
 
 
@@ -251,14 +252,14 @@ def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:
                             "Upscaler noise level": txt2img.noise_level or None},
                "model": {"Trained size": trained}, None: {}}[txt2img.size_by]
     texts = [infotext(prompt, negative_prompt, {
-        "Steps": body.steps, "Sampler": plan.sampler.name, "Schedule type": schedule_type(plan.sampler),
+        "Steps": body.steps, "Sampler": plan.sampler.name, "Schedule type": txt2img.schedule_type,
         "CFG scale": f"{txt2img.cfg_scale:g}", **option_fields(plan.sampler, plan.options),
         "Seed": seed, "Size": f"{txt2img.width}x{txt2img.height}", **resized, "Model hash": model.short_hash,
         "Model": model.name, **txt2img.edit_fields}) for seed in seeds]
     info = {
         "prompt": prompt, "all_prompts": [prompt] * len(seeds), "negative_prompt": negative_prompt,
         "seed": plan.request.seed, "all_seeds": seeds, "width": txt2img.width, "height": txt2img.height,
-        "sampler_name": plan.sampler.name, "scheduler": schedule_type(plan.sampler) or "Automatic",
+        "sampler_name": plan.sampler.name, "scheduler": txt2img.schedule_type or "Automatic",
         "cfg_scale": txt2img.cfg_scale, "steps": body.steps, "batch_size": body.batch_size, "n_iter": body.n_iter,
         "sd_model_name": model.name, "sd_model_hash": model.short_hash, "index_of_first_image": 0,
         "infotexts": texts, "class_label": plan.request.label, "difflab_sampler": plan.sampler.sampler,

@@ -16,7 +16,7 @@ from typing import TypeVar
 from difflab.grids import GridKind
 from difflab.pipelines.dialect import Dialect, RequestError
 from difflab.pipelines.samplers import (AUTOMATIC, OMITTED_SAMPLER, SAMPLER_NAMES, SCHEDULER_NAMES, SamplerName,
-                                        find_scheduler, offered_samplers, resolve_sampler, split_scheduler)
+                                        SchedulerName, find_scheduler, offered_samplers, resolve_sampler, split_scheduler)
 from difflab.serve.resize import DEFAULT_UPSCALER, UPSCALERS
 
 T = TypeVar("T")
@@ -26,6 +26,7 @@ T = TypeVar("T")
 class Names:
     sampler: SamplerName  # on the grid the scheduler (suffix or field) asks for
     grid: GridKind | None  # the grid asked for; None: the one the sampler name and model imply
+    scheduler: SchedulerName  # as chosen (suffix or field); AUTOMATIC: the sampler's own schedule
     upscaler: str | None  # None: no resize asked for
     warnings: tuple[str, ...]
 
@@ -51,11 +52,11 @@ def resolve_names(sampler_name: str | None, scheduler: str | None, upscaler: str
     chosen = suffix or (AUTOMATIC if scheduler is None else
                         lenient(lambda: find_scheduler(scheduler, dialect), lambda: AUTOMATIC, AUTOMATIC.label))
     grid = chosen.grid if suffix is None else None  # a suffix is resolved with the name
-    sampler = lenient(lambda: resolve_sampler(name, grid, dialect), lambda: resolve_sampler(default, grid, dialect),
-                      repr(default))
+    sampler = lenient(lambda: resolve_sampler(name, grid, dialect),
+                      lambda: resolve_sampler(default, chosen.grid, dialect), repr(default))
     chosen_upscaler = lenient(lambda: find_upscaler(upscaler or DEFAULT_UPSCALER, dialect), lambda: DEFAULT_UPSCALER,
                               DEFAULT_UPSCALER) if resizing else None
-    return Names(sampler, chosen.grid, chosen_upscaler, tuple(warnings))
+    return Names(sampler, chosen.grid, chosen, chosen_upscaler, tuple(warnings))
 
 
 def find_upscaler(name: str, dialect: Dialect) -> str:
@@ -67,9 +68,13 @@ def find_upscaler(name: str, dialect: Dialect) -> str:
     return found[0]
 
 
-def schedule_type(sampler: SamplerName) -> str | None:
-    """The UI's "Schedule type" of a resolved sampler: the label of its grid, unless it runs on the grid of a name
-    without a schedule of its own in the UI (Euler under "Automatic": the UI writes none); None then."""
+def schedule_type(sampler: SamplerName, scheduler: SchedulerName) -> str | None:
+    """The UI's "Schedule type" of a resolved sampler (sd_samplers_kdiffusion.get_sigmas): the label of a scheduler
+    chosen by name ("Normal" is written as Normal though it runs difflab's linspace, as Uniform does); under
+    "Automatic", the label of the grid it runs on, unless that is the grid of a name without a schedule of its own in
+    the UI (Euler: the UI writes none); None then."""
+    if scheduler is not AUTOMATIC:
+        return scheduler.label
     entry = next(entry for entry in SAMPLER_NAMES if entry.name == sampler.name)
     if sampler.grid == entry.grid and entry.scheduler is None:
         return None
