@@ -74,6 +74,28 @@ def test_hires_strength_ends(model):
     assert torch.equal(full.samples, generate(denoiser, (1, 16, 16), 2, seed=11, **RUN))
 
 
+def test_hires_second_pass_sampler_and_grid(model):
+    """hr_sampler_name / hr_scheduler: the second pass is img2img from the same upscaled first pass, run by another
+    sampler (with its own grid and default options unless given) or on another grid (the first pass's options)."""
+    config, denoiser = model
+    plan = plan_of(model, sampler="ddim", grid="trailing", options={"eta": 0.5})
+    same = run_hires(plan, config, Hires(scale=2, strength=0.6, steps=5))
+    for hires, run in ((Hires(scale=2, strength=0.6, steps=5, sampler="heun"), {"sampler": "heun"}),
+                       (Hires(scale=2, strength=0.6, steps=5, sampler="heun", grid="karras"),
+                        {"sampler": "heun", "grid": "karras"}),
+                       (Hires(scale=2, strength=0.6, steps=5, grid="karras"),
+                        {"sampler": "ddim", "grid": "karras", "options": {"eta": 0.5}})):
+        out = run_hires(plan, config, hires)
+        assert torch.equal(out.first_pass, same.first_pass) and torch.equal(out.upscaled, same.upscaled)
+        second, _ = plan_hires(plan_of(model, **{"grid": None, **run}), config, Hires(scale=2, strength=0.6, steps=5))
+        expected = replace(second, request=replace(second.request, start=out.upscaled)).sample()
+        assert torch.equal(out.samples, expected) and not torch.equal(out.samples, same.samples)
+    # a second pass that names the first pass's sampler and grid, with its options, is the plain hires fix
+    again = run_hires(plan, config, Hires(scale=2, strength=0.6, steps=5, sampler="ddim", grid="trailing",
+                                          options={"eta": 0.5}))
+    assert torch.equal(again.samples, same.samples)
+
+
 def test_hires_refuses_a_size_the_model_cannot_run_at(model):
     config, _ = model
     with pytest.raises(DifflabError, match="both sides must be multiples of 4"):
@@ -170,9 +192,17 @@ def test_sample_hires_and_refiner_commands(tmp_path, model, capsys):
                  "--refiner", str(refiner), "--refiner-switch-at", "0.5", "--out", str(out)]) == 0
     refined = generate(Refined(denoiser, tiny_denoiser(config, 9), 0.5), (1, 8, 8), 2, seed=11, **{**RUN})
     assert np.array_equal(np.load(out)["images"], to_uint8(refined))
+    assert main(["sample", str(ckpt), "--n", "2", "--seed", "11", "--sampler", "euler", "--steps", "6",
+                 "--hires-scale", "2", "--hires-strength", "0.5", "--hires-sampler", "heun", "--hires-grid", "karras",
+                 "--out", str(out)]) == 0
+    expected = run_hires(plan_of(model), config, Hires(scale=2, strength=0.5, sampler="heun", grid="karras")).samples
+    assert np.array_equal(np.load(out)["images"], to_uint8(expected))
     capsys.readouterr()
     assert main(["sample", str(ckpt), "--n", "1", "--hires-scale", "1.25", "--out", str(out)]) != 0
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("so both sides must be multiples of 4")
+    assert main(["sample", str(ckpt), "--n", "1", "--hires-grid", "karras", "--out", str(out)]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "--hires-grid goes with --hires-scale or --hires-resize-x/y")
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +245,40 @@ def test_api_hires_fix_answers_at_the_target_size_from_the_pipeline(served):
     plan = plan_request(Request(n=2, seed=3, sampler="Euler", steps=4), model.denoiser, model.checkpoint.config)
     expected = run_hires(plan, model.checkpoint.config, Hires(2, strength=0.5, steps=3, upscaler="nearest")).samples
     assert np.array_equal(pixels(response.json()), to_uint8(expected))
+
+
+def test_api_hires_sampler_and_scheduler(served):
+    """hr_sampler_name and hr_scheduler run the second pass as sampler_name and scheduler would (the body's sampler
+    options, where that sampler takes them), written as "Hires sampler" and "Hires schedule type" where they differ
+    from the first pass's, as the UI writes them."""
+    import json
+
+    from difflab.model import load_model
+
+    client, path = served
+    hires = {"enable_hr": True, "denoising_strength": 0.5, "hr_second_pass_steps": 3, "hr_upscaler": "Latent"}
+    model = load_model(path)
+    config = model.checkpoint.config
+    plan = plan_request(Request(n=2, seed=3, sampler="Euler", steps=4), model.denoiser, config)
+    response = post(client, **hires, hr_sampler_name="DDIM", hr_scheduler="Karras", eta=0.3)
+    info = json.loads(response.json()["info"])
+    assert "Denoising strength: 0.5, Hires sampler: DDIM, Hires schedule type: Karras, Hires upscale: 2," in \
+        info["infotexts"][0]
+    assert info["warnings"] == ["eta ignored: sampler 'Euler' does not use it"]  # DDIM takes it
+    expected = run_hires(plan, config, Hires(2, strength=0.5, steps=3, sampler="DDIM", grid="karras",
+                                             options={"eta": 0.3})).samples
+    assert np.array_equal(pixels(response.json()), to_uint8(expected))
+    # the UI's "Use same ..." and nulls are the first pass's: the plain hires fix, nothing written
+    plain = post(client, **hires)
+    same = post(client, **hires, hr_sampler_name="Use same sampler", hr_scheduler="Use same scheduler")
+    assert np.array_equal(pixels(same.json()), pixels(plain.json()))
+    assert "Hires sampler" not in json.loads(same.json()["info"])["infotexts"][0]
+    # a scheduler alone keeps the sampler; an unknown sampler falls back to DPM++ 2M with a warning naming the field
+    info = json.loads(post(client, **hires, hr_scheduler="exponential").json()["info"])
+    assert "Hires schedule type: Exponential," in info["infotexts"][0] and "Hires sampler" not in info["infotexts"][0]
+    info = json.loads(post(client, **hires, hr_sampler_name="Nope").json()["info"])
+    assert "Hires sampler: DPM++ 2M, Hires schedule type: Karras," in info["infotexts"][0]
+    assert info["warnings"][0].startswith("unknown sampler 'Nope': hr_sampler_name must be one of")
 
 
 def test_api_refiner_equal_to_the_model_changes_nothing(served):

@@ -47,6 +47,10 @@ def add_stage_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hires-upscaler", default="bilinear",
                    help=f"{' | '.join(UPSAMPLE_MODES)} | a super-resolution model file (A1111 hr_upscaler); "
                         "default bilinear")
+    g.add_argument("--hires-sampler", help="the second pass's sampler, run with its default options (A1111 "
+                                           "hr_sampler_name; default: --sampler with its options)")
+    g.add_argument("--hires-grid", choices=GRIDS, help="the second pass's grid (A1111 hr_scheduler; default: the first "
+                                                       "pass's, or with --hires-sampler that sampler's own)")
     g.add_argument("--refiner", metavar="CKPT", help="a second denoiser that takes over the low-noise end of the "
                                                      "trajectory (A1111 refiner_checkpoint)")
     g.add_argument("--refiner-switch-at", type=float, metavar="F",
@@ -68,10 +72,13 @@ def model_argument(args: argparse.Namespace) -> str | None:
 
 def hires_of(args: argparse.Namespace) -> Hires | None:
     if args.hires_scale is None and not (args.hires_resize_x or args.hires_resize_y):
+        for name in ("hires_sampler", "hires_grid"):
+            if getattr(args, name) is not None:
+                raise DifflabError(f"--{name.replace('_', '-')} goes with --hires-scale or --hires-resize-x/y")
         return None
     upscaler = args.hires_upscaler if args.hires_upscaler in UPSAMPLE_MODES else MODEL_UPSCALER
     return Hires(args.hires_scale or 2.0, args.hires_resize_x, args.hires_resize_y, args.hires_strength,
-                 args.hires_steps, upscaler)
+                 args.hires_steps, upscaler, sampler=args.hires_sampler, grid=args.hires_grid)
 
 
 def with_refiner(args: argparse.Namespace, plan: Plan, config: ExperimentConfig, device) -> Plan:

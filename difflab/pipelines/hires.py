@@ -8,21 +8,26 @@ as the first pass), from the same seeds. The target size follows A1111's calcula
 ratio; both: upscale to cover, then crop the centre). The upscaler is interpolation of the samples ("nearest",
 "bilinear": the UI's latent upscalers, here in pixel space) or a super-resolution model (a cascade's second stage).
 The model must be able to run at the target size: a U-Net (convolutional) at a size its downsampling divides; other
-networks are refused.
+networks are refused. The second pass may run another sampler or grid (A1111 hr_sampler_name, hr_scheduler): the
+same seeds, condition and guidance, that sampler's options.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
 from difflab.errors import DifflabError
-from difflab.grids import make_grid
+from difflab.grids import GridKind, make_grid
 from difflab.lowres import UPSAMPLE_MODES, upsample
 from difflab.nets.unet import UNetConfig
 from difflab.pipelines.cascade import SuperResolution
+from difflab.pipelines.dialect import CLI
 from difflab.pipelines.request import Plan
+from difflab.pipelines.samplers import choose_sampler
 from difflab.pipelines.start import img2img_levels
 from difflab.train.config import ExperimentConfig
 
@@ -31,8 +36,9 @@ MODEL_UPSCALER = "model"  # upscale with a super-resolution model
 
 @dataclass(frozen=True)
 class Hires:
-    """A1111's hires-fix fields: hr_scale, hr_resize_x, hr_resize_y, denoising_strength, hr_second_pass_steps and
-    hr_upscaler (nearest | bilinear | model), with the UI's defaults."""
+    """A1111's hires-fix fields: hr_scale, hr_resize_x, hr_resize_y, denoising_strength, hr_second_pass_steps,
+    hr_upscaler (nearest | bilinear | model) and hr_sampler_name / hr_scheduler (a sampler name and grid), with the
+    UI's defaults."""
 
     scale: float = 2.0
     resize_x: int = 0
@@ -40,6 +46,9 @@ class Hires:
     strength: float = 0.75
     steps: int = 0
     upscaler: str = "bilinear"
+    sampler: str | None = None  # the second pass's sampler; None: the first pass's
+    grid: GridKind | None = None  # its grid; None: the first pass's, or with `sampler` that sampler's own
+    options: Mapping[str, Any] | None = None  # its options; None: the first pass's, or with `sampler` its defaults
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
@@ -106,11 +115,26 @@ class HiresOutput:
     samples: torch.Tensor  # [n, C, H, W]
 
 
+def second_pass_sampler(plan: Plan, hires: Hires) -> Plan:
+    """`plan` with the sampler, grid and options of the hires fix's second pass."""
+    if hires.sampler is None and hires.grid is None and hires.options is None:
+        return plan
+    if hires.sampler is None:
+        name, grid, options = plan.request.sampler, hires.grid or plan.sampler.grid, plan.options
+    else:
+        name, grid, options = hires.sampler, hires.grid, {}
+    options = options if hires.options is None else hires.options
+    sampler, options = choose_sampler(name, grid, None, options, plan.denoiser, CLI)
+    return replace(plan, sampler=sampler, options=options,
+                   request=replace(plan.request, sampler=name, grid=sampler.grid, options=options))
+
+
 def plan_hires(plan: Plan, config: ExperimentConfig, hires: Hires) -> tuple[Plan | None, HiresSize]:
     """The second pass as a Plan without its start (None at strength 0: the upscaled images are the answer)."""
     if plan.request.sections is not None or plan.request.sigmas is not None:
         raise DifflabError("the hires fix's second pass builds its own grid: leave out --sections and --sigmas")
     size = hires_size(*plan.shape[-2:], hires)
+    plan = second_pass_sampler(plan, hires)
     shape = shape_at(config, *size.target)
     steps = hires.steps or plan.request.steps
     levels = img2img_levels(lambda k: make_grid(plan.denoiser.schedule, k, plan.sampler.grid), steps, hires.strength)

@@ -155,7 +155,7 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
         plan = plan_txt2img(body.model_copy(update={"prompt": prompt}), served, strict_names, controlnets, upscalers)
         refiner = None if body.refiner_checkpoint is None else await load(body.refiner_checkpoint, "refiner_checkpoint")
-        plan = await asyncio.to_thread(with_stages, plan, refiner, upscalers)  # enable_hr, refiner_checkpoint
+        plan = await asyncio.to_thread(with_stages, plan, refiner, upscalers, strict_names)  # enable_hr, refiner
         return await generated(body, served, plan, loras, lora_warnings, run_plan)
 
     @app.post("/sdapi/v1/img2img", response_model=GenerationResponse, responses=ERRORS)

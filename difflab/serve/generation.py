@@ -18,12 +18,12 @@ from difflab.pipelines.cascade import SuperResolution
 from difflab.pipelines.dialect import WEB_UI_NEUTRAL_CFG, Dialect, RequestError
 from difflab.pipelines.guidance import GuidanceRequest
 from difflab.pipelines.request import Plan, Request, plan_request
-from difflab.pipelines.samplers import SamplerName, check_option, option_defaults, sampler_options
 from difflab.samplers.common import Interrupted
 from difflab.serve.a1111 import infotext, png_base64
 from difflab.serve.controlnet import ControlNetCatalog, controls_of, other_scripts
 from difflab.serve.model import ServedModel
 from difflab.serve.names import resolve_names, schedule_type
+from difflab.serve.options import option_fields, options_of
 from difflab.serve.resize import model_shape_at, resize
 from difflab.serve.schemas import IGNORED_FIELDS, MAX_SEED, Txt2ImgRequest
 from difflab.serve.stages import Stages
@@ -37,18 +37,6 @@ WEB_UI_NAMES = {"label": "prompt", "negative_label": "negative_prompt", "cfg": "
 # conditional model (bench/guidance_tradeoff.py, DDIM 20 steps): w = 0 puts 86.0 % of samples in the requested class
 # (FD 1.8), w = 1 97.8 % (FD 3.2), w = 2 99.0 % (FD 5.0). w = 1 buys most of the accuracy for the least FD.
 DEFAULT_GUIDANCE_WEIGHT = 1.0
-# the sampler options a body may give -> their infotext keys (modules/sd_samplers_kdiffusion.py; ParaDiGMS's are
-# difflab's own)
-SAMPLER_OPTION_FIELDS = {"eta": "Eta", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin", "s_tmax": "Sigma tmax",
-                         "s_noise": "Sigma noise", "window": "ParaDiGMS window", "tolerance": "ParaDiGMS tolerance"}
-# option -> its body field: the UI's own name, or difflab's for the options the UI does not have
-OPTION_BODY_FIELDS = {**{name: name for name in SAMPLER_OPTION_FIELDS},
-                      "window": "difflab_parallel_window", "tolerance": "difflab_parallel_tolerance"}
-NO_OP_OPTIONS = {"s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0}  # the UI's values that change nothing
-# The UI writes eta as "Eta DDIM" for its timestep samplers (DDIM, default 0) and as "Eta" for k-diffusion's (default
-# 1), and every option only where it differs from its sampler's default (modules/sd_samplers_common.py,
-# eta_infotext_field and eta_default); ParaDiGMS DDIM writes as the DDIM it parallelises.
-ETA_DDIM_SAMPLERS = {"ddim", "paradigms_ddim"}
 MODEL_SETTING = "sd_model_checkpoint"
 NOT_THE_UIS = object()  # the default of a field the web UI does not have
 
@@ -163,28 +151,6 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
     return Txt2Img(body, model, plan, dialect, cfg_scale, width, height, names.upscaler if sr is None else sr.name,
                    schedule_type(plan.sampler, names.scheduler), size_by, (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings,
                              *control_warnings), super_resolution=super_resolution, noise_level=noise_level)
-
-
-def options_of(body: Txt2ImgRequest, sampler: SamplerName, dialect: Dialect) -> tuple[dict[str, float], list[str]]:
-    """The sampler options a body gives, each checked against its range; those the sampler does not take are left out,
-    with a warning unless they are the UI's no-op defaults (it sends s_churn 0 and s_noise 1 to every sampler)."""
-    given = {name: getattr(body, field) for name, field in OPTION_BODY_FIELDS.items()
-             if getattr(body, field) is not None}
-    if given.get("s_tmax") == 0:  # the UI's s_tmax 0 means no upper bound
-        del given["s_tmax"]
-    for name, value in given.items():
-        check_option(name, value, dialect)
-    takes = sampler_options(sampler)
-    dropped = [f"{OPTION_BODY_FIELDS[name]} ignored: sampler {sampler.name!r} does not use it"
-               for name, value in given.items() if name not in takes and value != NO_OP_OPTIONS.get(name)]
-    return {name: value for name, value in given.items() if name in takes}, dropped
-
-
-def option_fields(sampler: SamplerName, options: dict[str, Any]) -> dict[str, Any]:
-    """The infotext entries of the sampler options a request set: those that differ from the sampler's defaults."""
-    defaults = option_defaults(sampler)
-    return {"Eta DDIM" if name == "eta" and sampler.sampler in ETA_DDIM_SAMPLERS else SAMPLER_OPTION_FIELDS[name]: value
-            for name, value in options.items() if value != defaults[name]}
 
 
 def ignored_fields(body: Txt2ImgRequest) -> list[str]:

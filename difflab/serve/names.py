@@ -16,7 +16,8 @@ from typing import TypeVar
 from difflab.grids import GridKind
 from difflab.pipelines.dialect import Dialect, RequestError
 from difflab.pipelines.samplers import (AUTOMATIC, OMITTED_SAMPLER, SAMPLER_NAMES, SCHEDULER_NAMES, SamplerName,
-                                        SchedulerName, find_scheduler, offered_samplers, resolve_sampler, split_scheduler)
+                                        SchedulerName, find_scheduler, offered_samplers, resolve_sampler,
+                                        split_scheduler)
 from difflab.serve.resize import DEFAULT_UPSCALER, UPSCALERS
 
 T = TypeVar("T")

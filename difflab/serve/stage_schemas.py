@@ -19,6 +19,10 @@ class StageFields(BaseModel):
     hr_second_pass_steps: int = Field(0, ge=0, le=1000, description="hires fix: the second pass's steps (0: steps)")
     denoising_strength: float = Field(0.75, ge=0, le=1, description="hires fix: the second pass's strength; the "
                                       "start level follows img2img's rule")
+    hr_sampler_name: str | None = Field(None, description="hires fix: the second pass's sampler, as sampler_name "
+                                        "(null or \"Use same sampler\": sampler_name)")
+    hr_scheduler: str | None = Field(None, description="hires fix: the second pass's scheduler, as scheduler (null "
+                                     "or \"Use same scheduler\": scheduler)")
     difflab_hr_noise_level: float | None = Field(None, ge=0, description="difflab's own field: with an hr_upscaler "
                                                  "that is a super-resolution model (in the hires fix or to another "
                                                  "width x height), the noise-conditioning augmentation level of its "

@@ -20,6 +20,8 @@ from difflab.pipelines.refiner import Refined, check_refiner
 from difflab.pipelines.request import Plan, Request
 from difflab.samplers.common import StepInfo
 from difflab.serve.model import ServedModel
+from difflab.serve.names import resolve_names, schedule_type
+from difflab.serve.options import options_of
 from difflab.serve.upscalers import UpscalerCatalog, unused_noise_level
 
 # hr_upscaler names the hires fix takes -> interpolation mode. The UI's latent upscalers interpolate the latents
@@ -28,6 +30,7 @@ HIRES_UPSCALERS = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent 
                    "Nearest": "nearest", "Bilinear": "bilinear"}
 DEFAULT_HIRES_UPSCALER = "Latent"
 DEFAULT_SWITCH_AT = 0.8  # the UI's refiner switch slider default
+SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # the UI's hires choices: the first pass's
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,9 @@ class Stages:
     switch_at: float | None
     super_resolution: Callable[[Request], SuperResolution] | None = None  # a batch's request -> its SR stage
     noise_level: float | None = None  # the super-resolution upscaler's augmentation level
+    # the UI's "Hires sampler" and "Hires schedule type": the second pass's, where they differ from the first's
+    hires_sampler: str | None = None
+    hires_schedule_type: str | None = None
 
     def plan(self, plan: Plan) -> Plan:
         """The one-pass plan with its denoiser handing over to the refiner."""
@@ -59,6 +65,8 @@ class Stages:
         text: dict[str, Any] = {}
         if self.hires is not None:
             text["Denoising strength"] = self.hires.strength
+            text["Hires sampler"] = self.hires_sampler  # the UI's order (StableDiffusionProcessingTxt2Img.init)
+            text["Hires schedule type"] = self.hires_schedule_type
             if self.hires.resize_x or self.hires.resize_y:
                 text["Hires resize"] = f"{self.hires.resize_x}x{self.hires.resize_y}"
             else:
@@ -72,10 +80,32 @@ class Stages:
         return text
 
 
-def plan_stages(txt2img, refiner: ServedModel | None,
-                upscalers: UpscalerCatalog | None = None) -> tuple[Stages | None, int, int]:
+def second_pass_names(txt2img, strict: bool) -> tuple[dict[str, Any], str | None, str | None, tuple[str, ...]]:
+    """The hires second pass's sampler fields (Hires.sampler, grid, options), its "Hires sampler" and "Hires schedule
+    type" where they differ from the first pass's, and warnings: hr_sampler_name and hr_scheduler resolved as
+    sampler_name and scheduler are (None: the first pass's; the UI's processing copies them the same way)."""
+    body = txt2img.body
+    hr_sampler = None if body.hr_sampler_name in (None, SAME_SAMPLER) else body.hr_sampler_name
+    hr_scheduler = None if body.hr_scheduler in (None, SAME_SCHEDULER) else body.hr_scheduler
+    if hr_sampler is None and hr_scheduler is None:
+        return {}, None, None, ()
+    dialect = replace(txt2img.dialect, names={**txt2img.dialect.names, "sampler": "hr_sampler_name",
+                                              "grid": "hr_scheduler"})
+    names = resolve_names(hr_sampler or body.sampler_name or body.sampler_index, hr_scheduler or body.scheduler, None,
+                          False, dialect, strict)
+    options, dropped = options_of(body, names.sampler, dialect)
+    first, second = txt2img.plan.sampler.name, names.sampler.name
+    kind = schedule_type(names.sampler, names.scheduler)
+    fields = {"sampler": second, "grid": names.grid, "options": options}
+    return (fields, second if second != first else None, kind if kind != txt2img.schedule_type else None,
+            (*names.warnings, *(w for w in dropped if w not in txt2img.warnings)))
+
+
+def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog | None = None,
+                strict: bool = False) -> tuple[Stages | None, int, int, tuple[str, ...]]:
     """The stages a planned txt2img's body asks for, checked against its model (and the loaded
-    `refiner_checkpoint`, and the super-resolution models of `upscalers`), and the size of the images answered; a
+    `refiner_checkpoint`, and the super-resolution models of `upscalers`; hr_sampler_name and hr_scheduler as
+    sampler_name and scheduler are, `strict` as --strict-names), the size of the images answered, and warnings; a
     field that cannot be honoured is a RequestError naming it."""
     body, model, plan = txt2img.body, txt2img.model, txt2img.plan
     upscalers = upscalers or UpscalerCatalog()
@@ -87,8 +117,9 @@ def plan_stages(txt2img, refiner: ServedModel | None,
         raise unused_noise_level()
     height, width = plan.shape[-2:]
     if not body.enable_hr and refiner is None:
-        return None, width, height
-    hires = upscaler = sr_stage = noise_level = None
+        return None, width, height, ()
+    hires = upscaler = sr_stage = noise_level = hires_sampler = hires_schedule_type = None
+    warnings: tuple[str, ...] = ()
     if body.enable_hr:
         if model.decode is not None:
             raise RequestError("enable_hr", f"enable_hr runs on pixel models; model {model.name} is a latent model")
@@ -104,8 +135,9 @@ def plan_stages(txt2img, refiner: ServedModel | None,
             offered = [*HIRES_UPSCALERS, *(m.name for m in upscalers.models)]
             raise RequestError("hr_upscaler", f"unknown hires upscaler {upscaler!r}: with enable_hr, hr_upscaler must "
                                               f"be one of {', '.join(offered)}")
+        second_pass, hires_sampler, hires_schedule_type, warnings = second_pass_names(txt2img, strict)
         hires = Hires(body.hr_scale, body.hr_resize_x, body.hr_resize_y, body.denoising_strength,
-                      body.hr_second_pass_steps, HIRES_UPSCALERS.get(upscaler, MODEL_UPSCALER))
+                      body.hr_second_pass_steps, HIRES_UPSCALERS.get(upscaler, MODEL_UPSCALER), **second_pass)
         try:
             plan_hires(plan, model.config, hires)
         except DifflabError as err:
@@ -123,11 +155,14 @@ def plan_stages(txt2img, refiner: ServedModel | None,
         except DifflabError as err:
             raise RequestError("refiner_checkpoint", str(err).replace("--refiner-switch-at", "refiner_switch_at")
                                .replace("--refiner", "refiner_checkpoint")) from None
-    return Stages(hires, upscaler, refiner, switch_at, sr_stage, noise_level), width, height
+    return (Stages(hires, upscaler, refiner, switch_at, sr_stage, noise_level, hires_sampler, hires_schedule_type),
+            width, height, warnings)
 
 
-def with_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog | None = None):
+def with_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog | None = None,
+                strict: bool = False):
     """A planned txt2img (difflab.serve.generation.Txt2Img) with the stages its body asks for, answering at their
     size."""
-    stages, width, height = plan_stages(txt2img, refiner, upscalers)
-    return txt2img if stages is None else replace(txt2img, stages=stages, width=width, height=height)
+    stages, width, height, warnings = plan_stages(txt2img, refiner, upscalers, strict)
+    return txt2img if stages is None else replace(txt2img, stages=stages, width=width, height=height,
+                                                  warnings=(*txt2img.warnings, *warnings))
