@@ -241,6 +241,9 @@ def test_only_registered_samplers_are_offered(client, strict_client, monkeypatch
     ({"scheduler": "Beta"}, "scheduler", "'Beta' needs a grid difflab does not have yet; choose from Automatic, "
                                          "Uniform, Karras, Exponential, Normal"),
     ({"scheduler": "Karras!"}, "scheduler", "scheduler must be one of Automatic, Uniform, Karras, Exponential, Normal"),
+    ({"enable_hr": True, "hr_sampler_name": "Euler b"}, "hr_sampler_name",
+     "hr_sampler_name must be one of DPM++ 2M, DPM++ 2M SDE"),
+    ({"enable_hr": True, "hr_scheduler": "Beta"}, "hr_scheduler", "hr_scheduler 'Beta' needs a grid difflab does not"),
     ({"width": 32, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler", "hr_upscaler must be one of None, Lanczos, Nearest"),
     ([1, 2], "body", "body must be a JSON object"),
 ])
