@@ -10,8 +10,11 @@ import torch.nn.functional as F
 
 from difflab.errors import DifflabError
 
-UpsampleMode = Literal["nearest", "bilinear"]
-UPSAMPLE_MODES: tuple[UpsampleMode, ...] = ("nearest", "bilinear")
+UpsampleMode = Literal["nearest", "nearest-exact", "bilinear", "bilinear-antialiased", "bicubic",
+                       "bicubic-antialiased"]
+UPSAMPLE_MODES: tuple[UpsampleMode, ...] = ("nearest", "nearest-exact", "bilinear", "bilinear-antialiased", "bicubic",
+                                            "bicubic-antialiased")
+ANTIALIASED = "-antialiased"
 
 
 def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -24,12 +27,17 @@ def downsample(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def upsample(x: torch.Tensor, size: tuple[int, int], mode: UpsampleMode = "bilinear") -> torch.Tensor:
-    """x [B, C, h, w] interpolated to `size` (height, width); "bilinear" samples pixel centres (align_corners False)."""
+    """x [B, C, h, w] interpolated to `size` (height, width) by torch's `interpolate` modes, which sample pixel centres
+    (align_corners False); "-antialiased" is its antialias=True filter (a kernel widened when shrinking, and for
+    bicubic another cubic, a = -0.5 instead of -0.75), as the web UI's "Latent (antialiased)" modes use it."""
     if mode not in UPSAMPLE_MODES:
         raise DifflabError(f"upsampling mode must be one of {', '.join(UPSAMPLE_MODES)}, got {mode!r}")
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=tuple(size), mode=mode, **({"align_corners": False} if mode == "bilinear" else {}))
+    base = mode.removesuffix(ANTIALIASED)
+    if base in ("bilinear", "bicubic"):
+        return F.interpolate(x, size=tuple(size), mode=base, align_corners=False, antialias=base != mode)
+    return F.interpolate(x, size=tuple(size), mode=base)
 
 
 def augment(low_res: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

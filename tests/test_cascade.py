@@ -85,6 +85,25 @@ def test_downsampled_data_is_the_block_mean():
         downsample(images.float(), 10)
 
 
+def test_upsampling_modes_are_the_web_uis_latent_upscalers():
+    """The UI's latent upscale modes (modules/shared.py) are interpolate's mode and antialias flag: a 3 -> 7 upsample
+    with the centre-sampled bilinear weights by hand, and each antialiased mode a different filter (bicubic's even
+    when growing: another cubic), nearest-exact the rounding one."""
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    source = ((torch.arange(7.0) + 0.5) * 3 / 7 - 0.5).clamp(min=0)  # output pixel centres in input coordinates
+    low = source.floor()
+    weight = source - low
+    by_hand = x[0, 0, 0, low.long()] * (1 - weight) + x[0, 0, 0, (low + 1).clamp(max=2).long()] * weight
+    assert torch.allclose(upsample(x, (7, 7), "bilinear")[0, 0, 0], by_hand)
+    assert torch.allclose(upsample(x, (7, 7), "bilinear-antialiased"), upsample(x, (7, 7), "bilinear"))
+    assert not torch.allclose(upsample(x, (2, 2), "bilinear-antialiased"), upsample(x, (2, 2), "bilinear"))
+    assert not torch.allclose(upsample(x, (7, 7), "bicubic-antialiased"), upsample(x, (7, 7), "bicubic"))
+    assert upsample(x, (7, 7), "nearest")[0, 0, 0].tolist() == [0, 0, 0, 1, 1, 2, 2]  # floor(i * 3 / 7)
+    assert upsample(x, (7, 7), "nearest-exact")[0, 0, 0].tolist() == [0, 0, 1, 1, 1, 2, 2]  # floor((i + .5) * 3 / 7)
+    with pytest.raises(DifflabError, match="upsampling mode must be one of nearest, nearest-exact, bilinear"):
+        upsample(x, (7, 7), "lanczos")
+
+
 def test_concatenation_is_a_convolution_over_the_stacked_channels():
     """conv_in(x) + cond_in(c) equals one convolution over [x, c] (SR3's channel concatenation)."""
     net = UNet(UNetConfig(channels=8, channel_mult=(1,), attention_levels=(), head_dim=8, groups=4,

@@ -245,6 +245,11 @@ def test_api_hires_fix_answers_at_the_target_size_from_the_pipeline(served):
     plan = plan_request(Request(n=2, seed=3, sampler="Euler", steps=4), model.denoiser, model.checkpoint.config)
     expected = run_hires(plan, model.checkpoint.config, Hires(2, strength=0.5, steps=3, upscaler="nearest")).samples
     assert np.array_equal(pixels(response.json()), to_uint8(expected))
+    response = post(client, enable_hr=True, hr_scale=2, denoising_strength=0.5, hr_second_pass_steps=3,
+                    hr_upscaler="Latent (bicubic antialiased)")
+    expected = run_hires(plan, model.checkpoint.config, Hires(2, strength=0.5, steps=3,
+                                                              upscaler="bicubic-antialiased")).samples
+    assert np.array_equal(pixels(response.json()), to_uint8(expected))
 
 
 def test_api_hires_sampler_and_scheduler(served):

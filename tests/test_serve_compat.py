@@ -228,6 +228,9 @@ def test_listing_routes_answer_in_the_web_uis_shapes(client):
     assert {path: r.status_code for path, r in get.items()} == {path: 200 for path in get}
     assert [s["label"] for s in get["schedulers"].json()] == ["Automatic", "Uniform", "Karras", "Exponential", "Normal"]
     assert [u["name"] for u in get["upscalers"].json()] == ["None", "Lanczos", "Nearest", "Bilinear", "Bicubic"]
+    assert [m["name"] for m in get["latent-upscale-modes"].json()] == [  # modules/shared.py latent_upscale_modes
+        "Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)", "Latent (nearest)",
+        "Latent (nearest-exact)"]
     assert get["embeddings"].json() == {"loaded": {}, "skipped": {}}
     assert get["scripts"].json() == {"txt2img": [], "img2img": []}
     assert all(get[path].json() == [] for path in ("loras", "sd-vae", "extensions", "script-info"))

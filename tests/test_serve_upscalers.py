@@ -90,8 +90,9 @@ def test_sample_hires_upscaler_file_runs_the_same_path(tmp_path, files):
 
 
 @pytest.mark.parametrize("body, field, words", [
-    ({"hr_upscaler": "nothing"}, "hr_upscaler", ("must be one of Latent, Latent (nearest), Latent (nearest-exact), "
-                                                 "Nearest, Bilinear, sr16")),
+    ({"hr_upscaler": "nothing"}, "hr_upscaler", ("must be one of Latent, Latent (antialiased), Latent (bicubic), "
+                                                 "Latent (bicubic antialiased), Latent (nearest), Latent "
+                                                 "(nearest-exact), Nearest, Bilinear, sr16")),
     ({"hr_upscaler": "plain"}, "hr_upscaler", "must be one of"),
     ({"hr_upscaler": "sr16", "hr_scale": 3}, "hr_upscaler", ("hr_upscaler sr16 upscales 16x16 images (1 channel(s)) "
                                                              "to 32x32; this request upscales 16x16 (1 channel(s)) "

@@ -5,8 +5,8 @@ The second pass is an img2img run on the one generation path: the strength picks
 (difflab.pipelines.start.img2img_levels, A1111's setup_img2img_steps), over hr_second_pass_steps steps (0: as many
 as the first pass), from the same seeds. The target size follows A1111's calculate_target_resolution
 (modules/processing.py): width and height times hr_scale, or hr_resize_x / hr_resize_y (one of them keeps the aspect
-ratio; both: upscale to cover, then crop the centre). The upscaler is interpolation of the samples ("nearest",
-"bilinear": the UI's latent upscalers, here in pixel space) or a super-resolution model (a cascade's second stage).
+ratio; both: upscale to cover, then crop the centre). The upscaler is interpolation of the samples (difflab.lowres.upsample's modes:
+the UI's latent upscalers, here in pixel space) or a super-resolution model (a cascade's second stage).
 The model must be able to run at the target size: a U-Net (convolutional) at a size its downsampling divides; other
 networks are refused. The second pass may run another sampler or grid (A1111 hr_sampler_name, hr_scheduler): the
 same seeds, condition and guidance, that sampler's options.
@@ -37,7 +37,7 @@ MODEL_UPSCALER = "model"  # upscale with a super-resolution model
 @dataclass(frozen=True)
 class Hires:
     """A1111's hires-fix fields: hr_scale, hr_resize_x, hr_resize_y, denoising_strength, hr_second_pass_steps,
-    hr_upscaler (nearest | bilinear | model) and hr_sampler_name / hr_scheduler (a sampler name and grid), with the
+    hr_upscaler (an interpolation mode of difflab.lowres, or model) and hr_sampler_name / hr_scheduler (a sampler name and grid), with the
     UI's defaults."""
 
     scale: float = 2.0

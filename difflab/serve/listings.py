@@ -14,11 +14,12 @@ from fastapi import APIRouter
 
 from difflab.pipelines.samplers import offered_schedulers
 from difflab.serve.resize import UPSCALERS
+from difflab.serve.stages import LATENT_UPSCALE_MODES
 from difflab.serve.upscalers import UpscalerModel
 
 UPSCALER_SCALE = 4  # the scale the UI lists for its Lanczos and Nearest upscalers
 EMPTY_LISTS = ("sd-vae", "extensions", "script-info", "hypernetworks", "face-restorers", "realesrgan-models",
-               "prompt-styles", "latent-upscale-modes")
+               "prompt-styles")
 
 
 def ram() -> dict[str, Any]:
@@ -65,6 +66,11 @@ def listings(flags: dict[str, Any], upscaler_models: Sequence[UpscalerModel] = (
         super-resolution models it may name (--upscaler-dir)."""
         return [*({"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": UPSCALER_SCALE}
                   for name in UPSCALERS), *(model.item() for model in upscaler_models)]
+
+    @router.get("/latent-upscale-modes")
+    async def latent_upscale_modes() -> list[dict]:
+        """The hires fix's latent upscalers (hr_upscaler), as the UI lists them."""
+        return [{"name": name} for name in LATENT_UPSCALE_MODES]
 
     @router.get("/scripts")
     async def scripts() -> dict:

@@ -24,10 +24,14 @@ from difflab.serve.names import resolve_names, schedule_type
 from difflab.serve.options import options_of
 from difflab.serve.upscalers import UpscalerCatalog, unused_noise_level
 
-# hr_upscaler names the hires fix takes -> interpolation mode. The UI's latent upscalers interpolate the latents
-# (modules/shared.py latent_upscale_modes; its default is "Latent", bilinear); a pixel model's samples are its latents.
-HIRES_UPSCALERS = {"Latent": "bilinear", "Latent (nearest)": "nearest", "Latent (nearest-exact)": "nearest",
-                   "Nearest": "nearest", "Bilinear": "bilinear"}
+# The UI's latent upscalers (modules/shared.py latent_upscale_modes, in its order; GET latent-upscale-modes) -> the
+# interpolation of the latents (torch interpolate's mode and antialias); its default is "Latent". A pixel model's
+# samples are its latents.
+LATENT_UPSCALE_MODES = {"Latent": "bilinear", "Latent (antialiased)": "bilinear-antialiased",
+                        "Latent (bicubic)": "bicubic", "Latent (bicubic antialiased)": "bicubic-antialiased",
+                        "Latent (nearest)": "nearest", "Latent (nearest-exact)": "nearest-exact"}
+# hr_upscaler names the hires fix takes -> interpolation mode: the latent modes and two resize methods
+HIRES_UPSCALERS = {**LATENT_UPSCALE_MODES, "Nearest": "nearest", "Bilinear": "bilinear"}
 DEFAULT_HIRES_UPSCALER = "Latent"
 DEFAULT_SWITCH_AT = 0.8  # the UI's refiner switch slider default
 SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # the UI's hires choices: the first pass's
