@@ -156,6 +156,34 @@ def test_browser_page_generates_an_image(server, tmp_path):
         assert page.inner_text("#gallery pre.infotext").startswith(CLASSES[1])  # the newest image's text first
 
 
+def test_browser_page_hires_fix(server, tmp_path):
+    """The Hires. fix panel (txt2img only): its upscalers are the server's latent modes, its samplers and schedulers
+    start with the UI's "Use same ..."; on, the images come back at the upscaled size with the UI's infotext."""
+    with browser_page(tmp_path, 900, "serve_page_hires.png") as page:
+        page.goto(server)
+        page.wait_for_selector("#hr-upscaler option", state="attached")
+        assert page.is_visible("#hires") and page.is_hidden("#hires-fields")
+        options = page.eval_on_selector_all("#hr-upscaler option", "os => os.map(o => o.value)")
+        assert options[:2] == ["Latent", "Latent (antialiased)"]
+        assert page.eval_on_selector("#hr-sampler option", "o => o.value") == "Use same sampler"
+        page.check("#hr-enable")
+        assert page.is_visible("#hires-fields")
+        page.fill("#steps", "4")
+        page.fill("#batch", "1")
+        page.fill("#hr-steps", "3")
+        page.select_option("#hr-sampler", "DDIM")
+        page.select_option("#hr-scheduler", "Exponential")
+        page.click("#generate")
+        page.wait_for_selector('#progress[data-state="done"]', timeout=60_000)
+        assert page.eval_on_selector("#gallery img", "i => i.complete && i.naturalWidth") == 32  # 16 x 2
+        assert ("Denoising strength: 0.7, Hires sampler: DDIM, Hires schedule type: Exponential, Hires upscale: 2, "
+                "Hires steps: 3, Hires upscaler: Latent") in page.inner_text("#gallery pre.infotext")
+        page.check("#mode-img2img")
+        assert page.is_hidden("#hires")
+        page.check("#mode-txt2img")
+        assert page.is_visible("#hires-fields")
+
+
 def test_browser_page_inpaints_a_painted_mask(server, tmp_path):
     """The img2img tab: upload an image, paint a mask over its right side, edit; the unpainted side comes back as is."""
     source = tmp_path / "ramp.png"
