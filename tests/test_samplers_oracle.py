@@ -146,3 +146,22 @@ def test_dpm_solver_pp_2m_matches_multistep_scheduler(algorithm, solver, name, s
         x = scheduler.step(model(x, t), t, x, variance_noise=z).prev_sample
     sigmas = scheduler.sigmas.double()
     torch.testing.assert_close(ours(SCALED, name, sigmas, ve(noise(4), sigmas)), x.double(), rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("solver_type,final", [("bh2", "zero"), ("bh2", "sigma_min"), ("bh1", "sigma_min")])
+@pytest.mark.parametrize("steps", [8, 20])
+def test_unipc_matches_unipc_multistep_scheduler(order, solver_type, final, steps):
+    """(diffusers' bh1 to sigma = 0 gives NaN: its B(h) = -h is -inf there, times a zero difference term.)"""
+    scheduler = with_our_tables(diffusers.UniPCMultistepScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", solver_order=order,
+        solver_type=solver_type, predict_x0=True, lower_order_final=True, final_sigmas_type=final,
+        timestep_spacing="trailing"), SCALED)
+    scheduler.set_timesteps(steps)
+    x = noise(5)
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(x, t), t, x).prev_sample
+    sigmas = scheduler.sigmas.double()
+    got = ours(SCALED, "unipc", sigmas, ve(noise(5), sigmas), order=order, solver_type=solver_type)
+    expected = x.double() * torch.sqrt(1 + sigmas[-1] ** 2)  # its state at sigmas[-1] in VE coordinates
+    torch.testing.assert_close(got, expected, rtol=0, atol=TOLERANCE)

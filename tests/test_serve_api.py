@@ -163,6 +163,15 @@ def test_sampler_aliases_scheduler_and_sampler_index(client):
     assert (info["sampler_name"], info["grid"], info["scheduler"]) == ("DPM++ 2M", "linspace", "Uniform")
 
 
+def test_unipc_runs_with_the_web_uis_settings(client):
+    """The UI's UniPC takes its settings uni_pc_order 3 and uni_pc_variant bh1, not difflab's unipc defaults; they are
+    its defaults, so the infotext writes none of them."""
+    _, info = txt2img(client, sampler_name="UniPC", steps=3)
+    assert (info["difflab_sampler"], info["grid"]) == ("unipc", "linspace")
+    assert info["sampler_options"] == {"order": 3, "solver_type": "bh1"}
+    assert info["infotexts"][0].startswith("Steps: 3, Sampler: UniPC, CFG scale: 1, Seed:")
+
+
 def test_lcm_is_the_consistency_sampler(client):
     """The UI's LCM (sample_lcm: x = denoised, then + sigma_next z) is difflab's consistency sampler."""
     names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
@@ -202,8 +211,8 @@ def test_only_registered_samplers_are_offered(client, strict_client, monkeypatch
     _, info = txt2img(client, sampler_name="Heun")
     assert info["sampler_name"] == "DPM++ 2M" and info["warnings"] == [
         "sampler_name 'Heun' needs sampler 'heun', which difflab does not have yet; choose from DPM++ 2M, "
-        "DPM++ 2M SDE, DPM++ 2M SDE Heun, Euler a, Euler, DDIM, LCM, ParaDiGMS DDIM, ParaDiGMS DDPM, ParaDiGMS DPM++ 2M; "
-        "used 'DPM++ 2M'"]
+        "DPM++ 2M SDE, DPM++ 2M SDE Heun, Euler a, Euler, DDIM, UniPC, LCM, ParaDiGMS DDIM, ParaDiGMS DDPM, "
+        "ParaDiGMS DPM++ 2M; used 'DPM++ 2M'"]
     response = strict_client.post("/sdapi/v1/txt2img", json={"sampler_name": "Heun"})
     assert response.status_code == 422 and "does not have yet" in response.json()["detail"]
     assert all(e.sampler in SAMPLERS for e in offered_samplers())

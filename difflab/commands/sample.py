@@ -61,6 +61,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, help="paradigms_*: steps evaluated in parallel per round (default 8)")
     p.add_argument("--tolerance", type=float, help="paradigms_*: Picard tolerance on the step's noise std, >= 0 "
                                                    "(default 0.1; 0 gives the sequential sampler's result)")
+    p.add_argument("--order", type=int, help="unipc: the predictor's order p, 1, 2 or 3 (the corrector makes it p + 1; "
+                                             "default 2)")
+    p.add_argument("--solver-type", choices=["bh1", "bh2"], help="unipc: B(h) = h (bh1) or e^h - 1 (bh2, default)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch", type=positive_int("--batch"), default=64)
     p.add_argument("--threads", type=int, help="CPU threads for torch")

@@ -55,19 +55,23 @@ class SamplerName:
     grid: GridKind  # the grid the name runs on under the "Automatic" schedule
     aliases: tuple[str, ...] = ()
     scheduler: str | None = None  # the web UI's own schedule for it ("karras"), which "Automatic" stands for
+    options: tuple[tuple[str, Any], ...] = ()  # the web UI's settings for it, in place of the sampler's defaults
 
 
 # The UI's names as of v1.9 (modules/sd_samplers_kdiffusion.py, sd_samplers_timesteps.py and sd_samplers_lcm.py), in
 # its order; the first is its default for an unknown name. A k-diffusion sampler with a schedule of its own in the UI
 # ("scheduler": "karras" for DPM++ 2M, "exponential" for the SDE ones) runs on it under "Automatic"; one without runs
-# on k-diffusion's DiscreteSchedule.get_sigmas, timesteps evenly spaced from T-1 down to 0 ("linspace"). DDIM, PLMS
-# and UniPC use CompVis' uniform timestep spacing ("leading"). "Karras" is Karras et al. 2022, Eq. 5 with rho = 7;
+# on k-diffusion's DiscreteSchedule.get_sigmas, timesteps evenly spaced from T-1 down to 0 ("linspace"). DDIM and PLMS
+# use CompVis' uniform timestep spacing ("leading"). "Karras" is Karras et al. 2022, Eq. 5 with rho = 7;
 # "Exponential" is uniform in log sigma ("log_snr"). The UI's older names with a schedule in them ("DPM++ 2M Karras")
 # resolve, as there, as the name plus a scheduler suffix. The UI's LCM (modules/sd_samplers_lcm.py: x = denoised,
 # then x += sigma_next z) is multistep consistency sampling, difflab's `consistency`; its own grid (LCM's 50-step
 # subgrid) has no difflab twin, so it runs on consistency's default, trailing, whose last level is not wasted on
 # sigma_min where f(x, sigma_min) = x. The ParaDiGMS names are difflab's own, after the UI's: each runs on the grid of
-# the UI name it parallelises. Only entries whose sampler is registered are offered.
+# the UI name it parallelises. The UI's UniPC (modules/sd_samplers_timesteps_impl.py) runs the paper's code with the
+# UI's settings uni_pc_order 3 and uni_pc_variant bh1 on its own time-uniform levels (t from 1 to 1/1000 evenly: the
+# timesteps 999 to 0, ending at sigma_min), difflab's linspace but for its last step, to sigma = 0 here. Only entries
+# whose sampler is registered are offered.
 SAMPLER_NAMES: tuple[SamplerName, ...] = (
     SamplerName("DPM++ 2M", "dpmpp_2m", "karras", ("k_dpmpp_2m",), "karras"),
     SamplerName("DPM++ SDE", "dpmpp_sde", "karras", ("k_dpmpp_sde",), "karras"),
@@ -87,7 +91,7 @@ SAMPLER_NAMES: tuple[SamplerName, ...] = (
     SamplerName("DDIM", "ddim", "leading", ("ddim",)),
     SamplerName("DDIM CFG++", "ddim_cfgpp", "leading", ("ddim_cfgpp",)),
     SamplerName("PLMS", "plms", "leading", ("plms",)),
-    SamplerName("UniPC", "unipc", "leading", ("unipc",)),
+    SamplerName("UniPC", "unipc", "linspace", ("unipc",), options=(("order", 3), ("solver_type", "bh1"))),
     SamplerName("LCM", "consistency", "trailing", ("k_lcm",)),
     SamplerName("ParaDiGMS DDIM", "paradigms_ddim", "leading"),
     SamplerName("ParaDiGMS DDPM", "paradigms_ddpm", "leading"),
@@ -150,6 +154,8 @@ OPTION_RANGES = {
     "sde": (lambda v: True, ""),
     "window": (lambda v: v >= 1, ">= 1"),
     "tolerance": (lambda v: v >= 0, ">= 0"),
+    "order": (lambda v: v in (1, 2, 3), "1, 2 or 3"),
+    "solver_type": (lambda v: v in ("bh1", "bh2"), "bh1 or bh2"),
 }
 
 
@@ -221,7 +227,7 @@ def sampler_options(sampler: SamplerName) -> set[str]:
 def option_defaults(sampler: SamplerName) -> dict[str, Any]:
     """Each keyword option (OPTION_RANGES) that the sampler behind a name takes -> its default value."""
     parameters = inspect.signature(SAMPLERS[sampler.sampler].fn).parameters
-    return {name: parameters[name].default for name in OPTION_RANGES if name in parameters}
+    return {**{name: parameters[name].default for name in OPTION_RANGES if name in parameters}, **dict(sampler.options)}
 
 
 def check_option(option: str, value: Any, dialect: Dialect) -> None:
@@ -235,6 +241,7 @@ def choose_sampler(name: str, grid: GridKind | None, sections: str | None, optio
     """The sampler and grid a request names, and its options checked against them and the model (its default grid,
     whether it learned its variance); an option the sampler or the model cannot take is an error."""
     sampler = resolve_sampler(name, grid, dialect, denoiser.default_grid)
+    options = {**dict(sampler.options), **options}  # a web UI name's settings, unless the request sets them
     accepted = sampler_options(sampler)
     for option, value in options.items():
         if option not in accepted:

@@ -46,4 +46,4 @@ def get_sampler(name: str) -> SamplerInfo:
 
 # importing a family registers its samplers
 from difflab.samplers import adaptive, ancestral, dpm_solver, langevin, ode, sde, svgd  # noqa: E402,F401
-from difflab.samplers import consistency, paradigms  # noqa: E402,F401
+from difflab.samplers import consistency, paradigms, unipc  # noqa: E402,F401
