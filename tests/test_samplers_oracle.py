@@ -13,7 +13,9 @@ Configurations matched (all with prediction_type="epsilon"), to 1e-5:
   solver_order=2, final_sigmas_type="zero", timestep_spacing="trailing") == dpmpp_2m / dpmpp_2m_sde (solver_type
   "midpoint") and dpmpp_2m_sde_heun (solver_type "heun") on
   scheduler.sigmas (its solver_order=3 is not compared: its 3rd-order term has half its Taylor weight, see
-  difflab/samplers/dpm_solver.py, and it converges with order 2).
+  difflab/samplers/dpm_solver.py, and it converges with order 2);
+- UniPCMultistepScheduler(beta_schedule="scaled_linear", predict_x0=True, lower_order_final=True, solver_order=1-3,
+  solver_type="bh1" | "bh2", timestep_spacing="trailing") == unipc(order, solver_type) on scheduler.sigmas, to 1.6e-7.
 Samplers run in VE coordinates; diffusers' DDPM, DDIM and DPM-Solver states are VP, x_vp = x / sqrt(1 + sigma^2).
 Measured (samples of size ~1): DDPM and DDIM agree to 5e-13 (both in float64 with our tables), Euler, Heun and
 DPM-Solver++(2M) / SDE-DPM-Solver++(2M) to 7e-7 (diffusers steps those in float32).
