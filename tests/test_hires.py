@@ -96,6 +96,19 @@ def test_hires_second_pass_sampler_and_grid(model):
     assert torch.equal(again.samples, same.samples)
 
 
+def test_hires_second_pass_condition(model):
+    """hr_prompt / hr_negative_prompt: the second pass is img2img from the same upscaled first pass under another
+    condition (here class 2 for class 0), as a plan with that condition would run it."""
+    config, _ = model
+    plan = plan_of(model, label=0)
+    same = run_hires(plan, config, Hires(scale=2, strength=0.6, steps=5))
+    out = run_hires(plan, config, Hires(scale=2, strength=0.6, steps=5, condition={"label": 2}))
+    assert torch.equal(out.upscaled, same.upscaled)
+    second, _ = plan_hires(plan_of(model, label=2), config, Hires(scale=2, strength=0.6, steps=5))
+    expected = replace(second, request=replace(second.request, start=out.upscaled)).sample()
+    assert torch.equal(out.samples, expected) and not torch.equal(out.samples, same.samples)
+
+
 def test_hires_refuses_a_size_the_model_cannot_run_at(model):
     config, _ = model
     with pytest.raises(DifflabError, match="both sides must be multiples of 4"):
@@ -284,6 +297,59 @@ def test_api_hires_sampler_and_scheduler(served):
     info = json.loads(post(client, **hires, hr_sampler_name="Nope").json()["info"])
     assert "Hires sampler: DPM++ 2M, Hires schedule type: Karras," in info["infotexts"][0]
     assert info["warnings"][0].startswith("unknown sampler 'Nope': hr_sampler_name must be one of")
+
+
+@pytest.fixture(scope="module")
+def served_classes(tmp_path_factory):
+    """A server on a tiny 16x16 class-conditional model, every weight random."""
+    from fastapi.testclient import TestClient
+
+    from difflab.serve.app import create_app
+    from difflab.serve.model import load_served_model
+
+    classes = ("Coat", "Bag", "Sneaker")
+    path = write_tiny(tmp_path_factory.mktemp("hires_classes") / "classes.safetensors", tiny_config(16, classes=classes),
+                      5)
+    with TestClient(create_app(load_served_model(path))) as client:
+        yield client, path
+
+
+def test_api_hires_prompt_and_negative_prompt(served_classes, served):
+    """hr_prompt and hr_negative_prompt condition the second pass as prompt and negative_prompt do the first, written
+    as "Hires prompt" / "Hires negative prompt" where they differ; "" or the same text is the first pass's."""
+    import json
+
+    from difflab.model import load_model
+    from difflab.pipelines.guidance import GuidanceRequest
+
+    client, path = served_classes
+    hires = {"enable_hr": True, "denoising_strength": 0.5, "hr_second_pass_steps": 3, "prompt": "Coat",
+             "cfg_scale": 3, "negative_prompt": "Bag"}
+    response = post(client, **hires, hr_prompt="Sneaker", hr_negative_prompt="Coat")
+    info = json.loads(response.json()["info"])
+    assert "Denoising strength: 0.5, Hires prompt: Sneaker, Hires negative prompt: Coat, Hires upscale: 2," in \
+        info["infotexts"][0] and info["warnings"] == []
+    model = load_model(path)
+    config = model.checkpoint.config
+    plan = plan_request(Request(n=2, seed=3, sampler="Euler", steps=4, label=0,
+                                guidance=GuidanceRequest(cfg=2.0, negative_label=1)), model.denoiser, config)
+    second = {"label": 2, "prompt": None, "guidance": GuidanceRequest(cfg=2.0, negative_label=0)}
+    expected = run_hires(plan, config, Hires(2, strength=0.5, steps=3, condition=second)).samples
+    assert np.array_equal(pixels(response.json()), to_uint8(expected))
+    plain = post(client, **hires)
+    for same in ({"hr_prompt": "Coat", "hr_negative_prompt": "Bag"}, {"hr_prompt": "", "hr_negative_prompt": ""}):
+        answer = post(client, **hires, **same).json()
+        assert np.array_equal(pixels(answer), pixels(plain.json()))
+        assert "Hires prompt" not in json.loads(answer["info"])["infotexts"][0]
+    info = json.loads(post(client, **hires, hr_prompt="<lora:x:1>Bag").json()["info"])
+    assert 'Hires prompt: "<lora:x:1>Bag",' in info["infotexts"][0]  # quoted, as the UI quotes a value with a colon
+    assert info["warnings"] == ["hr_prompt's <lora:...> tags ignored: the prompt's LoRAs apply to both passes"]
+    info = json.loads(post(client, **{**hires, "cfg_scale": 1}, hr_negative_prompt="Coat").json()["info"])
+    assert "hr_negative_prompt ignored: nothing is guided (cfg_scale 1)" in info["warnings"]
+    bad = post(client, **hires, hr_prompt="Hat")
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "hr_prompt"
+    info = json.loads(post(served[0], enable_hr=True, hr_prompt="Coat").json()["info"])
+    assert info["warnings"] == ["hr_prompt ignored: model base is unconditional"]
 
 
 def test_api_refiner_equal_to_the_model_changes_nothing(served):

@@ -9,7 +9,7 @@ ratio; both: upscale to cover, then crop the centre). The upscaler is interpolat
 the UI's latent upscalers, here in pixel space) or a super-resolution model (a cascade's second stage).
 The model must be able to run at the target size: a U-Net (convolutional) at a size its downsampling divides; other
 networks are refused. The second pass may run another sampler or grid (A1111 hr_sampler_name, hr_scheduler): the
-same seeds, condition and guidance, that sampler's options.
+same seeds, condition and guidance, that sampler's options; and another condition (hr_prompt, hr_negative_prompt).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from difflab.lowres import UPSAMPLE_MODES, upsample
 from difflab.nets.unet import UNetConfig
 from difflab.pipelines.cascade import SuperResolution
 from difflab.pipelines.dialect import CLI
-from difflab.pipelines.request import Plan
+from difflab.pipelines.request import Plan, plan_request
 from difflab.pipelines.samplers import choose_sampler
 from difflab.pipelines.start import img2img_levels
 from difflab.train.config import ExperimentConfig
@@ -49,6 +49,8 @@ class Hires:
     sampler: str | None = None  # the second pass's sampler; None: the first pass's
     grid: GridKind | None = None  # its grid; None: the first pass's, or with `sampler` that sampler's own
     options: Mapping[str, Any] | None = None  # its options; None: the first pass's, or with `sampler` its defaults
+    # its condition: Request fields label, prompt and guidance (A1111 hr_prompt, hr_negative_prompt); None: the first's
+    condition: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.scale > 0:
@@ -134,6 +136,9 @@ def plan_hires(plan: Plan, config: ExperimentConfig, hires: Hires) -> tuple[Plan
     if plan.request.sections is not None or plan.request.sigmas is not None:
         raise DifflabError("the hires fix's second pass builds its own grid: leave out --sections and --sigmas")
     size = hires_size(*plan.shape[-2:], hires)
+    if hires.condition is not None:  # another prompt: the second pass's own condition and guidance
+        plan = replace(plan_request(replace(plan.request, **hires.condition), plan.denoiser, config,
+                                    decode=plan.decode), shape=plan.shape)
     plan = second_pass_sampler(plan, hires)
     shape = shape_at(config, *size.target)
     steps = hires.steps or plan.request.steps

@@ -24,6 +24,7 @@ from difflab.serve.controlnet import ControlNetCatalog, controls_of, other_scrip
 from difflab.serve.model import ServedModel
 from difflab.serve.names import resolve_names, schedule_type
 from difflab.serve.options import option_fields, options_of
+from difflab.serve.prompts import prompt_fields
 from difflab.serve.resize import model_shape_at, resize
 from difflab.serve.schemas import IGNORED_FIELDS, MAX_SEED, Txt2ImgRequest
 from difflab.serve.stages import Stages
@@ -161,30 +162,6 @@ def ignored_fields(body: Txt2ImgRequest) -> list[str]:
                 if key != MODEL_SETTING}}
     return [f"{field} ignored: {value!r} asks for something difflab does not do" for field, value in asked.items()
             if value not in (None, False, 0, "", [], {}) and value != IGNORED_FIELDS.get(field, NOT_THE_UIS)]
-
-
-def prompt_fields(prompt: str, model: ServedModel, field: str) -> tuple[int | None, str | None]:
-    """(label, prompt) of a prompt `field`: a class on a class-only model, else text (which the pipeline drops, with
-    a warning, on an unconditional model)."""
-    if model.conditioning == "class":
-        return class_label(prompt, model, field), None
-    return None, prompt.strip() or None
-
-
-def class_label(prompt: str, model: ServedModel, field: str) -> int | None:
-    """A class-conditional model's prompt (or negative prompt, `field`) is one class name (any case) or index;
-    empty means none: an unconditional sample (or CFG's null label)."""
-    names = model.class_names
-    text = prompt.strip()
-    if not text:
-        return None
-    lowered = [name.lower() for name in names]
-    if text.lower() in lowered:
-        return lowered.index(text.lower())
-    if text.isdigit() and int(text) < len(names):
-        return int(text)
-    raise RequestError(field, f"{field} must be one class of model {model.name} (a name or 0..{len(names) - 1}: "
-                              f"{', '.join(names)}) or empty; got {prompt!r}")
 
 
 def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:

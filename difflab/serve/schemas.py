@@ -8,12 +8,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from difflab.serve.resize import MAX_PIXELS, MAX_SIDE
-from difflab.serve.stage_schemas import StageFields
+from difflab.serve.stage_schemas import MAX_PROMPT, StageFields
 
 MAX_STEPS = 1000
 MAX_IMAGES = 64  # batch_size * n_iter
 MAX_SEED = 2**32 - 1
-MAX_PROMPT = 2000  # characters
 MAX_BODY_BYTES = 16 << 20  # request bodies larger than this are refused with 413 (img2img: a few base64 images)
 
 
@@ -24,9 +23,8 @@ IGNORED_FIELDS: dict[str, Any] = {
     "styles": None, "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1,
     "restore_faces": None, "tiling": None, "do_not_save_samples": False, "do_not_save_grid": False,
     "s_min_uncond": None, "disable_extra_networks": False, "firstpass_image": None, "comments": None,
-    "firstphase_width": 0, "firstphase_height": 0, "hr_checkpoint_name": None, "hr_prompt": "",
-    "hr_negative_prompt": "", "script_name": None, "script_args": [], "save_images": False, "alwayson_scripts": {},
-    "infotext": None,
+    "firstphase_width": 0, "firstphase_height": 0, "hr_checkpoint_name": None, "script_name": None, "script_args": [],
+    "save_images": False, "alwayson_scripts": {}, "infotext": None,
 }
 
 

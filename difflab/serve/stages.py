@@ -6,8 +6,8 @@ difflab.pipelines.refiner)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -19,9 +19,11 @@ from difflab.pipelines.hires import MODEL_UPSCALER, Hires, hires_size, plan_hire
 from difflab.pipelines.refiner import Refined, check_refiner
 from difflab.pipelines.request import Plan, Request
 from difflab.samplers.common import StepInfo
+from difflab.serve.adapters import parse_prompt
 from difflab.serve.model import ServedModel
 from difflab.serve.names import resolve_names, schedule_type
 from difflab.serve.options import options_of
+from difflab.serve.prompts import prompt_fields
 from difflab.serve.upscalers import UpscalerCatalog, unused_noise_level
 
 # The UI's latent upscalers (modules/shared.py latent_upscale_modes, in its order; GET latent-upscale-modes) -> the
@@ -47,9 +49,8 @@ class Stages:
     switch_at: float | None
     super_resolution: Callable[[Request], SuperResolution] | None = None  # a batch's request -> its SR stage
     noise_level: float | None = None  # the super-resolution upscaler's augmentation level
-    # the UI's "Hires sampler" and "Hires schedule type": the second pass's, where they differ from the first's
-    hires_sampler: str | None = None
-    hires_schedule_type: str | None = None
+    # the UI's infotext of the second pass (Hires sampler, prompt, negative prompt, schedule type), where it differs
+    hires_text: Mapping[str, Any] = field(default_factory=dict)
 
     def plan(self, plan: Plan) -> Plan:
         """The one-pass plan with its denoiser handing over to the refiner."""
@@ -69,8 +70,7 @@ class Stages:
         text: dict[str, Any] = {}
         if self.hires is not None:
             text["Denoising strength"] = self.hires.strength
-            text["Hires sampler"] = self.hires_sampler  # the UI's order (StableDiffusionProcessingTxt2Img.init)
-            text["Hires schedule type"] = self.hires_schedule_type
+            text.update(self.hires_text)  # the UI's order (StableDiffusionProcessingTxt2Img.init)
             if self.hires.resize_x or self.hires.resize_y:
                 text["Hires resize"] = f"{self.hires.resize_x}x{self.hires.resize_y}"
             else:
@@ -84,15 +84,34 @@ class Stages:
         return text
 
 
-def second_pass_names(txt2img, strict: bool) -> tuple[dict[str, Any], str | None, str | None, tuple[str, ...]]:
-    """The hires second pass's sampler fields (Hires.sampler, grid, options), its "Hires sampler" and "Hires schedule
-    type" where they differ from the first pass's, and warnings: hr_sampler_name and hr_scheduler resolved as
-    sampler_name and scheduler are (None: the first pass's; the UI's processing copies them the same way)."""
+@dataclass(frozen=True)
+class SecondPass:
+    """The hires fields of a body for its second pass: Hires' sampler, grid, options and condition, the UI's infotext
+    where they differ from the first pass's, and warnings."""
+
+    hires: dict[str, Any]
+    text: dict[str, Any]
+    warnings: tuple[str, ...]
+
+
+def second_pass(txt2img, strict: bool) -> SecondPass:
+    """hr_sampler_name and hr_scheduler resolved as sampler_name and scheduler are, hr_prompt and hr_negative_prompt
+    as prompt and negative_prompt are (null, "Use same ..." or "": the first pass's, as the UI's processing copies
+    them)."""
+    sampler, sampler_text, sampler_warnings = second_pass_sampler(txt2img, strict)
+    condition, condition_text, condition_warnings = second_pass_condition(txt2img)
+    text = {"Hires sampler": sampler_text.get("Hires sampler"), **condition_text,
+            "Hires schedule type": sampler_text.get("Hires schedule type")}
+    return SecondPass({**sampler, **condition}, {k: v for k, v in text.items() if v is not None},
+                      (*sampler_warnings, *condition_warnings))
+
+
+def second_pass_sampler(txt2img, strict: bool) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
     body = txt2img.body
     hr_sampler = None if body.hr_sampler_name in (None, SAME_SAMPLER) else body.hr_sampler_name
     hr_scheduler = None if body.hr_scheduler in (None, SAME_SCHEDULER) else body.hr_scheduler
     if hr_sampler is None and hr_scheduler is None:
-        return {}, None, None, ()
+        return {}, {}, ()
     dialect = replace(txt2img.dialect, names={**txt2img.dialect.names, "sampler": "hr_sampler_name",
                                               "grid": "hr_scheduler"})
     names = resolve_names(hr_sampler or body.sampler_name or body.sampler_index, hr_scheduler or body.scheduler, None,
@@ -100,9 +119,35 @@ def second_pass_names(txt2img, strict: bool) -> tuple[dict[str, Any], str | None
     options, dropped = options_of(body, names.sampler, dialect)
     first, second = txt2img.plan.sampler.name, names.sampler.name
     kind = schedule_type(names.sampler, names.scheduler)
-    fields = {"sampler": second, "grid": names.grid, "options": options}
-    return (fields, second if second != first else None, kind if kind != txt2img.schedule_type else None,
+    text = {"Hires sampler": second if second != first else None,
+            "Hires schedule type": kind if kind != txt2img.schedule_type else None}
+    return ({"sampler": second, "grid": names.grid, "options": options}, text,
             (*names.warnings, *(w for w in dropped if w not in txt2img.warnings)))
+
+
+def second_pass_condition(txt2img) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
+    body, model, request = txt2img.body, txt2img.model, txt2img.plan.request
+    asked = {name: getattr(body, name) for name in ("hr_prompt", "hr_negative_prompt")
+             if getattr(body, name) and getattr(body, name) != getattr(body, name.removeprefix("hr_"))}
+    if not asked:
+        return {}, {}, ()
+    parsed = {name: parse_prompt(text) for name, text in asked.items()}  # the extra-network tags out
+    warnings = [warning for _, _, found in parsed.values() for warning in found]
+    warnings += [f"{name}'s <lora:...> tags ignored: the prompt's LoRAs apply to both passes"
+                 for name, (_, tags, _) in parsed.items() if tags]
+    if model.conditioning == "none":
+        return {}, {}, (*warnings, *(f"{name} ignored: model {model.name} is unconditional" for name in asked))
+    condition, text = {}, {}
+    if "hr_prompt" in parsed:
+        condition["label"], condition["prompt"] = prompt_fields(parsed["hr_prompt"][0], model, "hr_prompt")
+        text["Hires prompt"] = asked["hr_prompt"]
+    if "hr_negative_prompt" in parsed and request.guidance.cfg is None:
+        warnings.append("hr_negative_prompt ignored: nothing is guided (cfg_scale 1)")
+    elif "hr_negative_prompt" in parsed:
+        label, prompt = prompt_fields(parsed["hr_negative_prompt"][0], model, "hr_negative_prompt")
+        condition["guidance"] = replace(request.guidance, negative_label=label, negative_prompt=prompt)
+        text["Hires negative prompt"] = asked["hr_negative_prompt"]
+    return ({"condition": condition} if condition else {}), text, tuple(warnings)
 
 
 def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog | None = None,
@@ -122,7 +167,8 @@ def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog
     height, width = plan.shape[-2:]
     if not body.enable_hr and refiner is None:
         return None, width, height, ()
-    hires = upscaler = sr_stage = noise_level = hires_sampler = hires_schedule_type = None
+    hires = upscaler = sr_stage = noise_level = None
+    hires_text: dict[str, Any] = {}
     warnings: tuple[str, ...] = ()
     if body.enable_hr:
         if model.decode is not None:
@@ -139,9 +185,10 @@ def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog
             offered = [*HIRES_UPSCALERS, *(m.name for m in upscalers.models)]
             raise RequestError("hr_upscaler", f"unknown hires upscaler {upscaler!r}: with enable_hr, hr_upscaler must "
                                               f"be one of {', '.join(offered)}")
-        second_pass, hires_sampler, hires_schedule_type, warnings = second_pass_names(txt2img, strict)
+        second = second_pass(txt2img, strict)
         hires = Hires(body.hr_scale, body.hr_resize_x, body.hr_resize_y, body.denoising_strength,
-                      body.hr_second_pass_steps, HIRES_UPSCALERS.get(upscaler, MODEL_UPSCALER), **second_pass)
+                      body.hr_second_pass_steps, HIRES_UPSCALERS.get(upscaler, MODEL_UPSCALER), **second.hires)
+        hires_text, warnings = second.text, second.warnings
         try:
             plan_hires(plan, model.config, hires)
         except DifflabError as err:
@@ -159,8 +206,7 @@ def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog
         except DifflabError as err:
             raise RequestError("refiner_checkpoint", str(err).replace("--refiner-switch-at", "refiner_switch_at")
                                .replace("--refiner", "refiner_checkpoint")) from None
-    return (Stages(hires, upscaler, refiner, switch_at, sr_stage, noise_level, hires_sampler, hires_schedule_type),
-            width, height, warnings)
+    return Stages(hires, upscaler, refiner, switch_at, sr_stage, noise_level, hires_text), width, height, warnings
 
 
 def with_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog | None = None,
