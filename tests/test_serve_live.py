@@ -162,7 +162,11 @@ def test_browser_page_hires_fix(server, tmp_path):
     with browser_page(tmp_path, 900, "serve_page_hires.png") as page:
         page.goto(server)
         page.wait_for_selector("#hr-upscaler option", state="attached")
-        assert page.is_visible("#hires") and page.is_hidden("#hires-fields")
+        unconditional = next(o for o in page.eval_on_selector_all("#model-select option", "os => os.map(o => o.value)")
+                             if "other" not in o)  # another test may have switched to the class model
+        page.select_option("#model-select", unconditional)
+        page.wait_for_selector("#class-row", state="hidden")
+        assert page.is_visible("#hires") and page.is_hidden("#hires-fields") and page.is_hidden("#hr-prompt")
         options = page.eval_on_selector_all("#hr-upscaler option", "os => os.map(o => o.value)")
         assert options[:2] == ["Latent", "Latent (antialiased)"]
         assert page.eval_on_selector("#hr-sampler option", "o => o.value") == "Use same sampler"
@@ -178,6 +182,10 @@ def test_browser_page_hires_fix(server, tmp_path):
         assert page.eval_on_selector("#gallery img", "i => i.complete && i.naturalWidth") == 32  # 16 x 2
         assert ("Denoising strength: 0.7, Hires sampler: DDIM, Hires schedule type: Exponential, Hires upscale: 2, "
                 "Hires steps: 3, Hires upscaler: Latent") in page.inner_text("#gallery pre.infotext")
+        page.fill("#hr-prompt", "a bag")  # an unconditional model: ignored, with a warning on the card
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#gallery img').length === 2")
+        assert "hr_prompt ignored: model" in page.inner_text("#gallery .card .warn")
         page.check("#mode-img2img")
         assert page.is_hidden("#hires")
         page.check("#mode-txt2img")

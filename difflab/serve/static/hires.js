@@ -19,7 +19,7 @@ async function hiresInit(samplers, schedulers) {
 
 function hiresShow() {
   hr("hires").hidden = hr("mode-img2img").checked;  // a txt2img field
-  hr("hires-fields").hidden = !hr("hr-enable").checked;
+  hr("hires-fields").hidden = hr("hires-prompts").hidden = !hr("hr-enable").checked;
 }
 
 function hiresRequest() {
@@ -28,6 +28,7 @@ function hiresRequest() {
     enable_hr: true, hr_upscaler: hr("hr-upscaler").value, hr_scale: Number(hr("hr-scale").value),
     hr_second_pass_steps: Number(hr("hr-steps").value), denoising_strength: Number(hr("hr-strength").value),
     hr_sampler_name: hr("hr-sampler").value, hr_scheduler: hr("hr-scheduler").value,
+    hr_prompt: hr("hr-prompt").value, hr_negative_prompt: hr("hr-negative").value,
   };
 }
 
