@@ -41,7 +41,7 @@ def flow_error(name: str, steps: int, **options) -> float:
 
 # expected order; DPM-Solver-3 converges faster than its order on a Gaussian (observed ~4.5), so only >= 2.7 there
 ORDERS = {"euler": 1, "ddim": 1, "dpm_solver_1": 1, "heun": 2, "dpm_solver_2": 2, "dpmpp_2s": 2, "dpmpp_2m": 2,
-          "dpmpp_3m": 3, "dpm_solver_3": 3}
+          "dpmpp_3m": 3, "dpm_solver_3": 3, "dpm_2": 2}
 
 
 @pytest.mark.parametrize("name", ORDERS)
@@ -52,6 +52,14 @@ def test_observed_order_on_a_karras_grid(name):
     assert all(o > expected - 0.3 for o in orders), (errors, orders)
     if name != "dpm_solver_3":
         assert all(o < expected + 0.3 for o in orders), (errors, orders)
+
+
+def test_sde_dpm_solver_pp_3m_without_noise_is_third_order():
+    """SDE-DPM-Solver++(3M) at eta = 0 solves the flow with order 3 (observed 3.09-3.18), so its D'' term has its full
+    Taylor weight (k-diffusion's half weight would leave it second order)."""
+    errors = [flow_error("dpmpp_3m_sde", n, eta=0.0) for n in (32, 64, 128)]
+    orders = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    assert all(2.7 < o < 3.3 for o in orders), (errors, orders)
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
@@ -89,7 +97,9 @@ SAMPLING_ERROR = 5 * max(float(COV.diag().max() / N_MOMENTS) ** 0.5,
 
 STOCHASTIC = [("ddpm", {}), ("ddpm", {"variance": "beta"}), ("ddim", {"eta": 1.0}), ("euler_ancestral", {}),
               ("dpmpp_2m_sde", {}), ("dpmpp_2m_sde", {"eta": 0.5}), ("dpmpp_2m_sde", {"eta": 2.0}),
-              ("dpmpp_2m_sde_heun", {}), ("dpmpp_2m_sde_heun", {"eta": 0.5}),
+              ("dpmpp_2m_sde_heun", {}), ("dpmpp_2m_sde_heun", {"eta": 0.5}), ("dpmpp_3m_sde", {}),
+              ("dpmpp_3m_sde", {"eta": 0.5}), ("dpmpp_2s_ancestral", {}), ("dpm_2_ancestral", {}),
+              ("dpm_2", {"s_churn": 10.0}),
               ("euler_maruyama", {"sde": "vp"}), ("euler_maruyama", {"sde": "subvp"}), ("euler_maruyama", {"sde": "ve"}), ("predictor_corrector", {}), ("euler", {"s_churn": 10.0}),
               ("heun", {"s_churn": 10.0}), ("annealed_langevin", {"langevin_steps": 4, "step_size": 0.5})]
 

@@ -14,6 +14,7 @@ Configurations matched (all with prediction_type="epsilon"), to 1e-5:
   "midpoint") and dpmpp_2m_sde_heun (solver_type "heun") on
   scheduler.sigmas (its solver_order=3 is not compared: its 3rd-order term has half its Taylor weight, see
   difflab/samplers/dpm_solver.py, and it converges with order 2);
+- KDPM2DiscreteScheduler(beta_schedule="scaled_linear") == dpm_2 on its levels, to 5e-7;
 - UniPCMultistepScheduler(beta_schedule="scaled_linear", predict_x0=True, lower_order_final=True, solver_order=1-3,
   solver_type="bh1" | "bh2", timestep_spacing="trailing") == unipc(order, solver_type) on scheduler.sigmas, to 1.6e-7.
 Samplers run in VE coordinates; diffusers' DDPM, DDIM and DPM-Solver states are VP, x_vp = x / sqrt(1 + sigma^2).
@@ -129,6 +130,19 @@ def test_euler_and_heun_match_karras_schedulers(name, scheduler_class):
     assert len(sigmas) == 21
     x_T = noise(3) * scheduler.init_noise_sigma  # Euler's and Heun's states are VE already
     torch.testing.assert_close(ours(SCALED, name, sigmas, x_T.double()), x.double(), rtol=0, atol=TOLERANCE)
+
+
+def test_dpm2_matches_kdpm2_scheduler():
+    scheduler = with_our_tables(diffusers.KDPM2DiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                                                  beta_schedule="scaled_linear"), SCALED)
+    scheduler.set_timesteps(20)
+    x = noise(3) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+    sigmas = scheduler.sigmas.double().unique_consecutive()  # it lists each level twice, its midpoints apart
+    assert len(sigmas) == 21
+    x_T = noise(3) * scheduler.init_noise_sigma
+    torch.testing.assert_close(ours(SCALED, "dpm_2", sigmas, x_T.double()), x.double(), rtol=0, atol=TOLERANCE)
 
 
 @pytest.mark.parametrize("algorithm,solver,name", [("dpmsolver++", "midpoint", "dpmpp_2m"),

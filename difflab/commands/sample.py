@@ -41,15 +41,16 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigmas", type=noise_levels, metavar="S1,S2,...",
                    help="the noise levels to sample on, descending, instead of --steps and --grid: e.g. a consistency "
                         "model's levels (the first, then each re-noising one)")
-    p.add_argument("--eta", type=float, help="DDIM / Euler-ancestral stochasticity (0 = deterministic, 1 = DDPM); "
-                   "dpmpp_2m_sde(_heun): the SDE's Langevin share (default 1; 0 = dpmpp_2m)")
+    p.add_argument("--eta", type=float, help="DDIM / Euler-ancestral stochasticity (0 = deterministic, 1 = DDPM; "
+                   "also dpm_2_ancestral, dpmpp_2s_ancestral); dpmpp_2m_sde(_heun), dpmpp_3m_sde: the SDE's Langevin "
+                   "share (default 1; 0 = the ODE solver)")
     p.add_argument("--variance", choices=["learned", "beta_tilde", "beta"],
                    help="DDPM step variance (default: the model's learned variance where it has one, else beta_tilde)")
-    p.add_argument("--s-churn", type=float, help="euler/heun: EDM S_churn >= 0 (default 0, no churn)")
-    p.add_argument("--s-tmin", type=float, help="euler/heun: churn only for sigma >= S_tmin (default 0)")
-    p.add_argument("--s-tmax", type=float, help="euler/heun: churn only for sigma <= S_tmax (default inf)")
-    p.add_argument("--s-noise", type=float, help="euler/heun: EDM S_noise > 0 (default 1); dpmpp_2m_sde(_heun): "
-                   "scale of its fresh noise")
+    p.add_argument("--s-churn", type=float, help="euler/heun/dpm_2: EDM S_churn >= 0 (default 0, no churn)")
+    p.add_argument("--s-tmin", type=float, help="euler/heun/dpm_2: churn only for sigma >= S_tmin (default 0)")
+    p.add_argument("--s-tmax", type=float, help="euler/heun/dpm_2: churn only for sigma <= S_tmax (default inf)")
+    p.add_argument("--s-noise", type=float, help="euler/heun/dpm_2: EDM S_noise > 0 (default 1); the SDE and "
+                   "ancestral DPM samplers: scale of their fresh noise")
     p.add_argument("--rtol", type=float, help="rk45: relative tolerance in (0, 1) (default 1e-4)")
     p.add_argument("--atol", type=float, help="rk45: absolute tolerance > 0 (default 1e-4)")
     p.add_argument("--sde", choices=["vp", "subvp", "ve"], help="euler_maruyama: which SDE (default vp)")

@@ -1,5 +1,5 @@
-"""DPM-Solver 1/2/3 (single-step, noise prediction; Lu et al. 2022a) and DPM-Solver++ 2S, 2M, 3M and
-SDE-DPM-Solver++(2M) (data prediction; Lu et al. 2022b), in VE coordinates.
+"""DPM-Solver 1/2/3 (single-step, noise prediction; Lu et al. 2022a) and DPM-Solver++ 2S (and k-diffusion's
+ancestral 2S), 2M, 3M and SDE-DPM-Solver++(2M) and (3M) (data prediction; Lu et al. 2022b), in VE coordinates.
 
 With x = x_t / alpha_t and sigma = sigma_t / alpha_t = exp(-lambda), where lambda is the half log-SNR, the
 exponential integrators lose their alpha factors: h = lambda_next - lambda = log(sigma / sigma_next).
@@ -13,7 +13,7 @@ from functools import partial
 import torch
 
 from difflab.samplers import register
-from difflab.samplers.common import Callback, Generator, add_noise, report, sigma_batch
+from difflab.samplers.common import Callback, Generator, add_noise, ancestral_step, report, sigma_batch
 
 
 def _eps(denoiser, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -93,14 +93,33 @@ def sample_dpmpp_2s(
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x0_hat = denoiser(x, sigma_batch(sigma, x))
         report(callback, i, sigmas, x, x0_hat)
-        if sigma_next == 0:
-            x = x0_hat
-            continue
-        h = torch.log(sigma / sigma_next)
-        sigma_mid = sigma * torch.exp(-h / 2)
-        # Alg. 1: u = (sigma_s1 / sigma_s) x - alpha_s1 (e^{-r h} - 1) x0_hat, then D = x0(u) for r = 1/2
-        u = (sigma_mid / sigma) * x - torch.expm1(-h / 2) * x0_hat
-        x = (sigma_next / sigma) * x - torch.expm1(-h) * denoiser(u, sigma_batch(sigma_mid, x))
+        x = x0_hat if sigma_next == 0 else dpmpp_2s_step(denoiser, x, x0_hat, sigma, sigma_next)
+    return x
+
+
+def dpmpp_2s_step(denoiser, x: torch.Tensor, x0_hat: torch.Tensor, sigma, sigma_next) -> torch.Tensor:
+    """One DPM-Solver++(2S) step from x at sigma (x0_hat evaluated there) to sigma_next > 0."""
+    h = torch.log(sigma / sigma_next)
+    sigma_mid = sigma * torch.exp(-h / 2)
+    # Alg. 1: u = (sigma_s1 / sigma_s) x - alpha_s1 (e^{-r h} - 1) x0_hat, then D = x0(u) for r = 1/2
+    u = (sigma_mid / sigma) * x - torch.expm1(-h / 2) * x0_hat
+    return (sigma_next / sigma) * x - torch.expm1(-h) * denoiser(u, sigma_batch(sigma_mid, x))
+
+
+@register("dpmpp_2s_ancestral", order=1, stochastic=True, nfe_per_step=2)
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+    eta: float = 1.0, s_noise: float = 1.0,
+) -> torch.Tensor:
+    """DPM-Solver++(2S) ancestral (k-diffusion): a 2S step to sigma_down, then fresh noise of std sigma_up."""
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        x0_hat = denoiser(x, sigma_batch(sigma, x))
+        report(callback, i, sigmas, x, x0_hat)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        x = x0_hat if sigma_down == 0 else dpmpp_2s_step(denoiser, x, x0_hat, sigma, sigma_down)
+        x = add_noise(x, s_noise * sigma_up, generator)
     return x
 
 
@@ -151,7 +170,7 @@ def _multistep(denoiser, x, sigmas, callback, max_order: int, update) -> torch.T
 def sde_update(x, sigma, sigma_next, x0_hats, hs, order: int, *, generator: Generator, eta: float = 1.0,
                s_noise: float = 1.0, heun: bool = False) -> torch.Tensor:
     """SDE-DPM-Solver++ (Lu et al. 2022b, App. B; first order, or second order by the midpoint rule or, with `heun`,
-    the trapezoidal one), with k-diffusion's eta: the exact step of the linear part of
+    the trapezoidal one, or third order), with k-diffusion's eta: the exact step of the linear part of
     dx = (1 + eta) (D - x) dlambda + sigma sqrt(2 eta) dw, which keeps the marginals for every eta >= 0 (eta = 1: the
     reverse SDE; eta = 0: DPM-Solver++(2M)). s_noise scales the fresh noise (1 keeps the marginals)."""
     h = torch.log(sigma / sigma_next)
@@ -161,6 +180,16 @@ def sde_update(x, sigma, sigma_next, x0_hats, hs, order: int, *, generator: Gene
     mean = (sigma_next / sigma) * torch.exp(-eta * h) * x
     if order == 1:
         mean = mean + weight * x0_hats[-1]
+    elif order == 3:
+        # the Taylor terms of D under the kernel (1 + eta) e^{-(1 + eta)(h - tau)}: h phi_2 D' and h^2 phi_3 D'' with
+        # phi_2 = 1 - (1 - e^{-(1 + eta) h}) / ((1 + eta) h), phi_3 = phi_2 / ((1 + eta) h) - 1/2; the divided
+        # differences as dpmpp_3m's (k-diffusion's sample_dpmpp_3m_sde weights D'' by half, as its 3M does)
+        r0, r1 = hs[-1] / h, hs[-2] / h
+        d1_0, d1_1 = (x0_hats[-1] - x0_hats[-2]) / r0, (x0_hats[-2] - x0_hats[-3]) / r1
+        d2 = 2 * (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 D''
+        phi_2 = 1 - weight / ((1 + eta) * h)
+        phi_3 = phi_2 / ((1 + eta) * h) - 0.5
+        mean = mean + weight * x0_hats[-1] + phi_2 * (d1_0 + (r0 / 2) * d2) - phi_3 * d2
     elif heun:
         # + (1 - (1 - e^{-(1 + eta) h}) / ((1 + eta) h)) (x0_i - x0_{i-1}) / r, r = h_prev / h
         mean = mean + weight * x0_hats[-1] + (1 - weight / ((1 + eta) * h)) * (x0_hats[-1] - x0_hats[-2]) * (h / hs[-1])
@@ -211,3 +240,15 @@ def sample_dpmpp_2m_sde_heun(
     diffusers' solver_type="heun"; eta and s_noise as dpmpp_2m_sde."""
     update = partial(sde_update, generator=generator, eta=eta, s_noise=s_noise, heun=True)
     return _multistep(denoiser, x, sigmas, callback, 2, update)
+
+
+@register("dpmpp_3m_sde", order=3, stochastic=True, nfe_per_step=1)
+@torch.no_grad()
+def sample_dpmpp_3m_sde(
+    denoiser, x: torch.Tensor, sigmas: torch.Tensor, *, generator: Generator = None, callback: Callback = None,
+    eta: float = 1.0, s_noise: float = 1.0,
+) -> torch.Tensor:
+    """SDE-DPM-Solver++(3M) (k-diffusion's DPM++ 3M SDE): third order from the third step, the trapezoidal second order
+    before it and on the next-to-last step; eta and s_noise as SDE-DPM-Solver++(2M)'s."""
+    update = partial(sde_update, generator=generator, eta=eta, s_noise=s_noise, heun=True)
+    return _multistep(denoiser, x, sigmas, callback, 3, update)
