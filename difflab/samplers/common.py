@@ -91,3 +91,18 @@ def report(
 ) -> None:
     if callback is not None:
         callback(StepInfo(i, float(sigmas[i]), float(sigmas[i + 1]), x, x0_hat, nfe, rounds))
+
+
+def ancestral(denoiser, x: torch.Tensor, sigmas: torch.Tensor, generator: Generator, callback: Callback, eta: float,
+              s_noise: float, step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+              ) -> torch.Tensor:
+    """k-diffusion's ancestral form of a solver: `step(x, x0_hat, sigma, sigma_down)` to sigma_down (x0_hat itself
+    where sigma_down is 0), then fresh noise of std s_noise * sigma_up (ancestral_step)."""
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        x0_hat = denoiser(x, sigma_batch(sigma, x))
+        report(callback, i, sigmas, x, x0_hat)
+        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
+        x = x0_hat if sigma_down == 0 else step(x, x0_hat, sigma, sigma_down)
+        x = add_noise(x, s_noise * sigma_up, generator)
+    return x

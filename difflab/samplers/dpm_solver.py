@@ -13,7 +13,7 @@ from functools import partial
 import torch
 
 from difflab.samplers import register
-from difflab.samplers.common import Callback, Generator, add_noise, ancestral_step, report, sigma_batch
+from difflab.samplers.common import Callback, Generator, add_noise, ancestral, report, sigma_batch
 
 
 def _eps(denoiser, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -113,14 +113,7 @@ def sample_dpmpp_2s_ancestral(
     eta: float = 1.0, s_noise: float = 1.0,
 ) -> torch.Tensor:
     """DPM-Solver++(2S) ancestral (k-diffusion): a 2S step to sigma_down, then fresh noise of std sigma_up."""
-    for i in range(len(sigmas) - 1):
-        sigma = sigmas[i]
-        x0_hat = denoiser(x, sigma_batch(sigma, x))
-        report(callback, i, sigmas, x, x0_hat)
-        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
-        x = x0_hat if sigma_down == 0 else dpmpp_2s_step(denoiser, x, x0_hat, sigma, sigma_down)
-        x = add_noise(x, s_noise * sigma_up, generator)
-    return x
+    return ancestral(denoiser, x, sigmas, generator, callback, eta, s_noise, partial(dpmpp_2s_step, denoiser))
 
 
 def multistep_update(

@@ -8,9 +8,7 @@ import math
 import torch
 
 from difflab.samplers import register
-from difflab.samplers.common import (
-    Callback, Generator, add_noise, ancestral_step, churn, report, sigma_batch, to_d,
-)
+from difflab.samplers.common import Callback, Generator, ancestral, churn, report, sigma_batch, to_d
 
 
 def churned_euler_start(
@@ -91,12 +89,8 @@ def sample_dpm_2_ancestral(
     eta: float = 1.0, s_noise: float = 1.0,
 ) -> torch.Tensor:
     """DPM2 ancestral (k-diffusion): a DPM2 step to sigma_down, then fresh noise of std sigma_up (eta scales it)."""
-    for i in range(len(sigmas) - 1):
-        sigma = sigmas[i]
-        x0_hat = denoiser(x, sigma_batch(sigma, x))
-        report(callback, i, sigmas, x, x0_hat)
-        sigma_down, sigma_up = ancestral_step(sigma, sigmas[i + 1], eta)
-        d = to_d(x, sigma_batch(sigma, x), x0_hat)
-        x = x0_hat if sigma_down == 0 else dpm2_step(denoiser, x, d, sigma, sigma_down)  # Euler to 0 lands on x0_hat
-        x = add_noise(x, s_noise * sigma_up, generator)
-    return x
+
+    def step(x, x0_hat, sigma, sigma_down):
+        return dpm2_step(denoiser, x, to_d(x, sigma_batch(sigma, x), x0_hat), sigma, sigma_down)
+
+    return ancestral(denoiser, x, sigmas, generator, callback, eta, s_noise, step)
