@@ -216,6 +216,9 @@ def test_sample_hires_and_refiner_commands(tmp_path, model, capsys):
     assert main(["sample", str(ckpt), "--n", "1", "--hires-grid", "karras", "--out", str(out)]) != 0
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "--hires-grid goes with --hires-scale or --hires-resize-x/y")
+    assert main(["sample", str(ckpt), "--n", "1", "--hires-scale", "2", "--hires-sampler", "nope", "--out",
+                 str(out)]) != 0
+    assert "unknown sampler 'nope': --hires-sampler must be one of" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +344,10 @@ def test_api_hires_prompt_and_negative_prompt(served_classes, served):
         answer = post(client, **hires, **same).json()
         assert np.array_equal(pixels(answer), pixels(plain.json()))
         assert "Hires prompt" not in json.loads(answer["info"])["infotexts"][0]
+    # the first pass's text with a LoRA tag (as clients copy the prompt) asks for nothing: the tag is the prompt's
+    tagged = post(client, **{**hires, "prompt": "<lora:x:1>Coat"}, hr_prompt="<lora:x:1>Coat").json()
+    assert np.array_equal(pixels(tagged), pixels(plain.json()))
+    assert json.loads(tagged["info"])["warnings"] == ["Lora not found: x"]
     info = json.loads(post(client, **hires, hr_prompt="<lora:x:1>Bag").json()["info"])
     assert 'Hires prompt: "<lora:x:1>Bag",' in info["infotexts"][0]  # quoted, as the UI quotes a value with a colon
     assert info["warnings"] == ["hr_prompt's <lora:...> tags ignored: the prompt's LoRAs apply to both passes"]

@@ -98,15 +98,15 @@ def second_pass(txt2img, strict: bool) -> SecondPass:
     """hr_sampler_name and hr_scheduler resolved as sampler_name and scheduler are, hr_prompt and hr_negative_prompt
     as prompt and negative_prompt are (null, "Use same ..." or "": the first pass's, as the UI's processing copies
     them)."""
-    sampler, sampler_text, sampler_warnings = second_pass_sampler(txt2img, strict)
-    condition, condition_text, condition_warnings = second_pass_condition(txt2img)
+    sampler, sampler_text, sampler_warnings = hires_sampler_fields(txt2img, strict)
+    condition, condition_text, condition_warnings = hires_condition_fields(txt2img)
     text = {"Hires sampler": sampler_text.get("Hires sampler"), **condition_text,
             "Hires schedule type": sampler_text.get("Hires schedule type")}
     return SecondPass({**sampler, **condition}, {k: v for k, v in text.items() if v is not None},
                       (*sampler_warnings, *condition_warnings))
 
 
-def second_pass_sampler(txt2img, strict: bool) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
+def hires_sampler_fields(txt2img, strict: bool) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
     body = txt2img.body
     hr_sampler = None if body.hr_sampler_name in (None, SAME_SAMPLER) else body.hr_sampler_name
     hr_scheduler = None if body.hr_scheduler in (None, SAME_SCHEDULER) else body.hr_scheduler
@@ -125,13 +125,16 @@ def second_pass_sampler(txt2img, strict: bool) -> tuple[dict[str, Any], dict[str
             (*names.warnings, *(w for w in dropped if w not in txt2img.warnings)))
 
 
-def second_pass_condition(txt2img) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
+def hires_condition_fields(txt2img) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
     body, model, request = txt2img.body, txt2img.model, txt2img.plan.request
-    asked = {name: getattr(body, name) for name in ("hr_prompt", "hr_negative_prompt")
-             if getattr(body, name) and getattr(body, name) != getattr(body, name.removeprefix("hr_"))}
+    # the extra-network tags out of each; the same text as the first pass's (also without its tags) asks for nothing
+    parsed = {name: parse_prompt(getattr(body, name)) for name in ("hr_prompt", "hr_negative_prompt")
+              if getattr(body, name)}
+    asked = {name: getattr(body, name) for name, (text, _, _) in parsed.items()
+             if text != parse_prompt(getattr(body, name.removeprefix("hr_")))[0]}
+    parsed = {name: parsed[name] for name in asked}
     if not asked:
         return {}, {}, ()
-    parsed = {name: parse_prompt(text) for name, text in asked.items()}  # the extra-network tags out
     warnings = [warning for _, _, found in parsed.values() for warning in found]
     warnings += [f"{name}'s <lora:...> tags ignored: the prompt's LoRAs apply to both passes"
                  for name, (_, tags, _) in parsed.items() if tags]
