@@ -7,6 +7,7 @@ are the solver's alone (the final jump itself differs from the flow by O(sigma_m
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -52,6 +53,19 @@ def test_observed_order_on_a_karras_grid(name):
     assert all(o > expected - 0.3 for o in orders), (errors, orders)
     if name != "dpm_solver_3":
         assert all(o < expected + 0.3 for o in orders), (errors, orders)
+
+
+@pytest.mark.parametrize("name,twin", [("dpm_2_ancestral", "dpm_2"), ("dpmpp_2s_ancestral", "dpmpp_2s")])
+def test_ancestral_forms_take_eta_and_s_noise(name, twin):
+    """eta 0 steps to sigma_next with no noise: the solver it is the ancestral form of; s_noise scales the noise."""
+    gaussian, x_T = GaussianDenoiser(MU, COV), prior(64, 2, seed=2)
+    run = partial(SAMPLERS[name].fn, gaussian, sigmas=karras(8))
+    torch.testing.assert_close(run(x_T.clone(), eta=0.0, generator=None), SAMPLERS[twin].fn(gaussian, x_T.clone(),
+                                                                                          karras(8)), rtol=0, atol=1e-12)
+    quiet = run(x_T.clone(), s_noise=0.0, generator=torch.Generator().manual_seed(1))
+    noisy = run(x_T.clone(), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(quiet, run(x_T.clone(), s_noise=0.0, generator=torch.Generator().manual_seed(7)))
+    assert not torch.allclose(quiet, noisy)
 
 
 def test_sde_dpm_solver_pp_3m_without_noise_is_third_order():

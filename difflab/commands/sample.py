@@ -20,6 +20,7 @@ from difflab.images import save_samples
 from difflab.pipelines.dialect import CLI
 from difflab.pipelines.request import Request, plan_request
 from difflab.pipelines.samplers import OPTION_RANGES, choose_sampler, resolve_sampler
+from difflab.samplers import unipc
 from difflab.samplers.common import StepInfo
 from difflab.model import Model, load_model
 from difflab.adapters.use import apply_adapters
@@ -64,7 +65,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                                                    "(default 0.1; 0 gives the sequential sampler's result)")
     p.add_argument("--order", type=int, help="unipc: the predictor's order p, 1, 2 or 3 (the corrector makes it p + 1; "
                                              "default 2)")
-    p.add_argument("--solver-type", choices=["bh1", "bh2"], help="unipc: B(h) = h (bh1) or e^h - 1 (bh2, default)")
+    p.add_argument("--solver-type", choices=unipc.SOLVER_TYPES, help="unipc: B(h) = h (bh1) or e^h - 1 (bh2, default)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch", type=positive_int("--batch"), default=64)
     p.add_argument("--threads", type=int, help="CPU threads for torch")

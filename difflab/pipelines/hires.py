@@ -5,8 +5,9 @@ The second pass is an img2img run on the one generation path: the strength picks
 (difflab.pipelines.start.img2img_levels, A1111's setup_img2img_steps), over hr_second_pass_steps steps (0: as many
 as the first pass), from the same seeds. The target size follows A1111's calculate_target_resolution
 (modules/processing.py): width and height times hr_scale, or hr_resize_x / hr_resize_y (one of them keeps the aspect
-ratio; both: upscale to cover, then crop the centre). The upscaler is interpolation of the samples (difflab.lowres.upsample's modes:
-the UI's latent upscalers, here in pixel space) or a super-resolution model (a cascade's second stage).
+ratio; both: upscale to cover, then crop the centre). The upscaler is interpolation of the samples
+(difflab.lowres.upsample's modes: the UI's latent upscalers, here in pixel space) or a super-resolution model (a
+cascade's second stage).
 The model must be able to run at the target size: a U-Net (convolutional) at a size its downsampling divides; other
 networks are refused. The second pass may run another sampler or grid (A1111 hr_sampler_name, hr_scheduler): the
 same seeds, condition and guidance, that sampler's options; and another condition (hr_prompt, hr_negative_prompt).
@@ -25,20 +26,21 @@ from difflab.grids import GridKind, make_grid
 from difflab.lowres import UPSAMPLE_MODES, upsample
 from difflab.nets.unet import UNetConfig
 from difflab.pipelines.cascade import SuperResolution
-from difflab.pipelines.dialect import CLI
+from difflab.pipelines.dialect import CLI, Dialect
 from difflab.pipelines.request import Plan, plan_request
 from difflab.pipelines.samplers import choose_sampler
 from difflab.pipelines.start import img2img_levels
 from difflab.train.config import ExperimentConfig
 
 MODEL_UPSCALER = "model"  # upscale with a super-resolution model
+SECOND_PASS = Dialect({**CLI.names, "sampler": "--hires-sampler", "grid": "--hires-grid"})  # its errors' flag names
 
 
 @dataclass(frozen=True)
 class Hires:
     """A1111's hires-fix fields: hr_scale, hr_resize_x, hr_resize_y, denoising_strength, hr_second_pass_steps,
-    hr_upscaler (an interpolation mode of difflab.lowres, or model) and hr_sampler_name / hr_scheduler (a sampler name and grid), with the
-    UI's defaults."""
+    hr_upscaler (an interpolation mode of difflab.lowres, or model), hr_sampler_name / hr_scheduler (a sampler name
+    and grid) and hr_prompt / hr_negative_prompt (a condition), with the UI's defaults."""
 
     scale: float = 2.0
     resize_x: int = 0
@@ -126,7 +128,7 @@ def second_pass_sampler(plan: Plan, hires: Hires) -> Plan:
     else:
         name, grid, options = hires.sampler, hires.grid, {}
     options = options if hires.options is None else hires.options
-    sampler, options = choose_sampler(name, grid, None, options, plan.denoiser, CLI)
+    sampler, options = choose_sampler(name, grid, None, options, plan.denoiser, SECOND_PASS)
     return replace(plan, sampler=sampler, options=options,
                    request=replace(plan.request, sampler=name, grid=sampler.grid, options=options))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from difflab.grids import GridKind
 from difflab.pipelines.dialect import Dialect
-from difflab.samplers import SAMPLERS
+from difflab.samplers import SAMPLERS, unipc
 
 DEFAULT_GRID: GridKind = "trailing"  # of a difflab sampler named without a grid and not in SAMPLER_GRIDS
 SIGMA_GRIDS = ("karras", "log_snr")  # grids spaced in sigma, which need no timestep table
@@ -154,8 +154,8 @@ OPTION_RANGES = {
     "sde": (lambda v: True, ""),
     "window": (lambda v: v >= 1, ">= 1"),
     "tolerance": (lambda v: v >= 0, ">= 0"),
-    "order": (lambda v: v in (1, 2, 3), "1, 2 or 3"),
-    "solver_type": (lambda v: v in ("bh1", "bh2"), "bh1 or bh2"),
+    "order": (lambda v: v in unipc.ORDERS, "1, 2 or 3"),
+    "solver_type": (lambda v: v in unipc.SOLVER_TYPES, "bh1 or bh2"),
 }
 
 

@@ -20,6 +20,7 @@ from difflab.errors import DifflabError
 from difflab.samplers import register
 from difflab.samplers.common import Callback, Generator, report, sigma_batch
 
+ORDERS = (1, 2, 3)  # of the predictor
 SOLVER_TYPES = ("bh1", "bh2")
 
 
@@ -72,7 +73,7 @@ def sample_unipc(
 
     order (p, default 2): of the predictor, warmed up from 1 and lowered on the last steps as DPM-Solver++'s;
     solver_type: B(h) = h ("bh1") or e^h - 1 ("bh2", default)."""
-    if order not in (1, 2, 3) or solver_type not in SOLVER_TYPES:
+    if order not in ORDERS or solver_type not in SOLVER_TYPES:
         raise DifflabError(f"unipc takes order 1, 2 or 3 and solver_type bh1 or bh2, got {order} and {solver_type!r}")
     steps = len(sigmas) - 1
     x0_hats: list[torch.Tensor] = []

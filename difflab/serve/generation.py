@@ -150,8 +150,9 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
         noise_level = body.difflab_hr_noise_level or 0.0
         super_resolution = upscalers.upscaler(sr, plan, model.shape, (height, width), noise_level, dialect)
     return Txt2Img(body, model, plan, dialect, cfg_scale, width, height, names.upscaler if sr is None else sr.name,
-                   schedule_type(plan.sampler, names.scheduler), size_by, (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings,
-                             *control_warnings), super_resolution=super_resolution, noise_level=noise_level)
+                   schedule_type(plan.sampler, names.scheduler), size_by,
+                   (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings, *control_warnings),
+                   super_resolution=super_resolution, noise_level=noise_level)
 
 
 def ignored_fields(body: Txt2ImgRequest) -> list[str]:

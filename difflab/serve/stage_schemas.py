@@ -24,10 +24,10 @@ class StageFields(BaseModel):
                                         "(null or \"Use same sampler\": sampler_name)")
     hr_scheduler: str | None = Field(None, description="hires fix: the second pass's scheduler, as scheduler (null "
                                      "or \"Use same scheduler\": scheduler)")
-    hr_prompt: str = Field("", max_length=MAX_PROMPT, description="hires fix: the second pass's prompt, as prompt (\"\": "
-                           "prompt); its <lora:...> tags are ignored (the prompt's apply to both passes)")
-    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT, description="hires fix: the second pass's negative prompt, "
-                                    "as negative_prompt (\"\": negative_prompt)")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT, description="hires fix: the second pass's prompt, as prompt "
+                           "(\"\": prompt); its <lora:...> tags are ignored (the prompt's apply to both passes)")
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT, description="hires fix: the second pass's negative "
+                                    "prompt, as negative_prompt (\"\": negative_prompt)")
     difflab_hr_noise_level: float | None = Field(None, ge=0, description="difflab's own field: with an hr_upscaler "
                                                  "that is a super-resolution model (in the hires fix or to another "
                                                  "width x height), the noise-conditioning augmentation level of its "
