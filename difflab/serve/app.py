@@ -31,6 +31,7 @@ from difflab.serve.model import ServedModel
 from difflab.serve.schemas import (MAX_BODY_BYTES, GenerationResponse, Img2ImgRequest, ModelInfo, ModelItem,
                                    PngInfoRequest, PngInfoResponse, ProgressResponse, ProgressState, SamplerItem,
                                    TaskProgressRequest, TaskProgressResponse, Txt2ImgRequest, describe_error)
+from difflab.serve.settings import SAMPLER_SETTINGS, checked_settings
 from difflab.serve.stages import with_stages
 from difflab.serve.upscalers import UpscalerCatalog
 from difflab.serve.worker import Job, QueueFull, Worker
@@ -56,6 +57,9 @@ USAGE = """\
   `"difflab_size_by": "model"`, by running a U-Net at that size. `info.size_by` and the PNG text say which.
 - **Models.** GET /sdapi/v1/sd-models lists the checkpoints; POST /sdapi/v1/options with `sd_model_checkpoint`, or a
   request's `override_settings`, switches between requests, never during one.
+- **Sampler settings.** The UI's `eta_ddim`, `eta_ancestral` (the eta of a request that gives none) and UniPC's
+  `uni_pc_order`, `uni_pc_variant`, `uni_pc_skip_type`, `uni_pc_lower_order_final`, set by POST /sdapi/v1/options or
+  per request by `override_settings`, apply to the UI's sampler names (difflab.serve.settings).
 - **Refused with 422**, naming the field: `cfg_scale` below 1 on a conditional model (an unconditional model ignores
   it, with a warning), a `negative_prompt` that is not a class of a class-only model, sampler options out of range
   (`eta`, `s_churn`, ...), an unknown checkpoint, and an init image or mask that is not a base64 image.
@@ -70,7 +74,8 @@ USAGE = """\
   POST /sdapi/v1/skip drops the running batch and goes on with the next. POST /internal/progress follows one request
   by its `force_task_id`.
 """
-OPTIONS_APPLIED = ("sd_model_checkpoint", "live_previews_enable")  # POST /options: the rest is ignored (a header says)
+# POST /options: the rest is ignored (a header says)
+OPTIONS_APPLIED = ("sd_model_checkpoint", "live_previews_enable", *SAMPLER_SETTINGS)
 CONDITIONING_WORDS = {"none": "unconditional", "class": "class-conditional", "text": "text prompts"}
 ERRORS = {422: {"description": "a field out of range, or something the model cannot do; `detail` names the field"},
           503: {"description": "the queue is full; retry after the Retry-After header's seconds"}}
@@ -85,7 +90,7 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
     `upscalers` are the super-resolution models hr_upscaler may name."""
     worker = Worker(queue_size)
     catalog = catalog or Catalog(model)
-    settings = {"live_previews_enable": True}
+    settings = {"live_previews_enable": True, **SAMPLER_SETTINGS}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -117,6 +122,10 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
     async def unsupported_request(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": exc.message,
                                                       "errors": [{"field": exc.field, "message": exc.message}]})
+
+    def sampler_settings() -> dict[str, Any]:
+        """The UI's sampler settings as POST /sdapi/v1/options last set them (difflab.serve.settings)."""
+        return {key: settings[key] for key in SAMPLER_SETTINGS}
 
     async def load(title: str, field: str) -> ServedModel:
         return await asyncio.to_thread(catalog.load, catalog.find(title, field), field)
@@ -153,7 +162,8 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         """Generate batch_size * n_iter images; image i uses seed + i, so a seed reproduces its image exactly."""
         served = await served_by(body)
         prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
-        plan = plan_txt2img(body.model_copy(update={"prompt": prompt}), served, strict_names, controlnets, upscalers)
+        plan = plan_txt2img(body.model_copy(update={"prompt": prompt}), served, strict_names, controlnets, upscalers,
+                            sampler_settings())
         refiner = None if body.refiner_checkpoint is None else await load(body.refiner_checkpoint, "refiner_checkpoint")
         plan = await asyncio.to_thread(with_stages, plan, refiner, upscalers, strict_names)  # enable_hr, refiner
         return await generated(body, served, plan, loras, lora_warnings, run_plan)
@@ -164,7 +174,7 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         served = await served_by(body)
         prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
         edit = await asyncio.to_thread(plan_img2img, body.model_copy(update={"prompt": prompt}), served, strict_names,
-                                       controlnets=controlnets, upscalers=upscalers)
+                                       controlnets=controlnets, upscalers=upscalers, settings=sampler_settings())
         return await generated(body, served, edit, loras, lora_warnings, run_img2img)
 
     @app.get("/sdapi/v1/samplers", response_model=list[SamplerItem])
@@ -200,13 +210,14 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         if "live_previews_enable" in body and not isinstance(body["live_previews_enable"], bool):
             raise RequestError("live_previews_enable", f"live_previews_enable must be true or false, got "
                                                        f"{body['live_previews_enable']!r}")
+        checked = checked_settings(body)  # all checked before any is applied
         ignored = [key for key in body if key not in OPTIONS_APPLIED]
         if ignored:
             response.headers["X-Difflab-Ignored"] = ", ".join(ignored)
         if MODEL_SETTING in body:
             switched = await load(str(body[MODEL_SETTING]), MODEL_SETTING)
             await queued(Job(1, 1, 0, kind="options"), lambda job: setattr(catalog, "current", switched))
-        settings.update({key: body[key] for key in body if key in settings})
+        settings.update({key: body[key] for key in body if key in settings}, **checked)
 
     @app.get("/sdapi/v1/progress", response_model=ProgressResponse)
     async def progress(skip_current_image: bool = False) -> dict:

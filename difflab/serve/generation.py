@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from difflab.serve.options import option_fields, options_of
 from difflab.serve.prompts import prompt_fields
 from difflab.serve.resize import model_shape_at, resize
 from difflab.serve.schemas import IGNORED_FIELDS, MAX_SEED, Txt2ImgRequest
+from difflab.serve.settings import SAMPLER_SETTINGS, request_settings, settings_run
 from difflab.serve.stages import Stages
 from difflab.serve.upscalers import UpscalerCatalog, unused_noise_level
 from difflab.serve.worker import Job
@@ -58,6 +59,8 @@ class Txt2Img:
     size_by: str | None  # how another size than the model's was made: "upscaler", "model", or None (the model's)
     warnings: tuple[str, ...]
     stages: Stages | None = None  # the hires fix and a refiner (difflab.serve.stages)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the UI's sampler settings it runs under
+    setting_fields: tuple[tuple[str, Any], ...] = ()  # the infotext entries of those settings beyond the options'
     # an hr_upscaler that is a super-resolution model (difflab.serve.upscalers): a batch's request -> its stage, and
     # its augmentation level
     super_resolution: Callable[[Request], SuperResolution] | None = None
@@ -107,10 +110,13 @@ def default_cfg_scale(model: ServedModel) -> float:
 
 
 def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = False,
-                 controlnets: ControlNetCatalog | None = None, upscalers: UpscalerCatalog | None = None) -> Txt2Img:
+                 controlnets: ControlNetCatalog | None = None, upscalers: UpscalerCatalog | None = None,
+                 settings: Mapping[str, Any] | None = None) -> Txt2Img:
     """Everything the model cannot honour is a RequestError naming the field; what it ignores becomes a warning.
-    Another width x height is made by hr_upscaler: a resize method, or one of the super-resolution `upscalers`."""
+    Another width x height is made by hr_upscaler: a resize method, or one of the super-resolution `upscalers`.
+    `settings`: the server's sampler settings (difflab.serve.settings), under the body's override_settings."""
     dialect = web_ui_dialect(model)
+    settings = request_settings(body.override_settings, settings or {})
     width, height = body.width or model.width, body.height or model.height
     other_size = (width, height) != (model.width, model.height)
     by_model = other_size and body.difflab_size_by == "model"
@@ -137,8 +143,10 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
     negative_label, negative_prompt = prompt_fields(body.negative_prompt, model, "negative_prompt")
     guidance = GuidanceRequest(cfg=None if cfg_scale == WEB_UI_NEUTRAL_CFG else cfg_scale - WEB_UI_NEUTRAL_CFG,
                                negative_label=negative_label, negative_prompt=negative_prompt)
-    options, dropped = options_of(body, names.sampler, dialect)
-    request = Request(label=label, prompt=prompt, guidance=guidance, sampler=names.sampler.name, grid=names.grid,
+    run = settings_run(names.sampler, settings, names.grid is not None)
+    options, dropped = options_of(body, names.sampler, dialect, run.options)
+    request = Request(label=label, prompt=prompt, guidance=guidance, sampler=names.sampler.name,
+                      grid=names.grid or run.grid,
                       options=options, steps=body.steps, n=body.batch_size * body.n_iter,
                       seed=body.seed if body.seed != -1 else secrets.randbelow(MAX_SEED + 1), batch=body.batch_size)
     controls, control_warnings = controls_of(body, shape, model, controlnets)  # alwayson_scripts.controlnet
@@ -150,9 +158,11 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
         noise_level = body.difflab_hr_noise_level or 0.0
         super_resolution = upscalers.upscaler(sr, plan, model.shape, (height, width), noise_level, dialect)
     return Txt2Img(body, model, plan, dialect, cfg_scale, width, height, names.upscaler if sr is None else sr.name,
-                   schedule_type(plan.sampler, names.scheduler), size_by,
-                   (*ignored_fields(body), *names.warnings, *dropped, *unguided, *plan.warnings, *control_warnings),
-                   super_resolution=super_resolution, noise_level=noise_level)
+                   schedule_type(names.sampler if run.grid else plan.sampler, names.scheduler), size_by,
+                   (*ignored_fields(body), *names.warnings, *run.warnings, *dropped, *unguided, *plan.warnings,
+                    *control_warnings),
+                   super_resolution=super_resolution, noise_level=noise_level, settings=settings,
+                   setting_fields=run.infotext)
 
 
 def ignored_fields(body: Txt2ImgRequest) -> list[str]:
@@ -160,7 +170,7 @@ def ignored_fields(body: Txt2ImgRequest) -> list[str]:
     extra = body.model_extra or {}
     asked = {**extra, "alwayson_scripts": other_scripts(extra.get("alwayson_scripts")),  # a ControlNet is used
              **{f"override_settings.{key}": value for key, value in (body.override_settings or {}).items()
-                if key != MODEL_SETTING}}
+                if key != MODEL_SETTING and key not in SAMPLER_SETTINGS}}
     return [f"{field} ignored: {value!r} asks for something difflab does not do" for field, value in asked.items()
             if value not in (None, False, 0, "", [], {}) and value != IGNORED_FIELDS.get(field, NOT_THE_UIS)]
 
@@ -198,6 +208,7 @@ def run_plan(txt2img: Txt2Img, job: Job) -> dict[str, Any]:
     texts = [infotext(prompt, negative_prompt, {
         "Steps": body.steps, "Sampler": plan.sampler.name, "Schedule type": txt2img.schedule_type,
         "CFG scale": f"{txt2img.cfg_scale:g}", **option_fields(plan.sampler, plan.options),
+        **dict(txt2img.setting_fields),
         "Seed": seed, "Size": f"{txt2img.width}x{txt2img.height}", **resized, "Model hash": model.short_hash,
         "Model": model.name, **txt2img.edit_fields}) for seed in seeds]
     info = {

@@ -23,6 +23,7 @@ from difflab.serve.adapters import parse_prompt
 from difflab.serve.model import ServedModel
 from difflab.serve.names import resolve_names, schedule_type
 from difflab.serve.options import options_of
+from difflab.serve.settings import settings_run
 from difflab.serve.prompts import prompt_fields
 from difflab.serve.upscalers import UpscalerCatalog, unused_noise_level
 
@@ -116,13 +117,14 @@ def hires_sampler_fields(txt2img, strict: bool) -> tuple[dict[str, Any], dict[st
                                               "grid": "hr_scheduler"})
     names = resolve_names(hr_sampler or body.sampler_name or body.sampler_index, hr_scheduler or body.scheduler, None,
                           False, dialect, strict)
-    options, dropped = options_of(body, names.sampler, dialect)
+    run = settings_run(names.sampler, txt2img.settings, names.grid is not None)  # the UI's settings apply to it too
+    options, dropped = options_of(body, names.sampler, dialect, run.options)
     first, second = txt2img.plan.sampler.name, names.sampler.name
     kind = schedule_type(names.sampler, names.scheduler)
     text = {"Hires sampler": second if second != first else None,
             "Hires schedule type": kind if kind != txt2img.schedule_type else None}
-    return ({"sampler": second, "grid": names.grid, "options": options}, text,
-            (*names.warnings, *(w for w in dropped if w not in txt2img.warnings)))
+    return ({"sampler": second, "grid": names.grid or run.grid, "options": options}, text,
+            (*names.warnings, *(w for w in (*run.warnings, *dropped) if w not in txt2img.warnings)))
 
 
 def hires_condition_fields(txt2img) -> tuple[dict[str, Any], dict[str, Any], tuple[str, ...]]:
