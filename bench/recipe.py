@@ -16,8 +16,12 @@ test set, n samples, seed 0, DPM++ 2M at 20 steps on the trailing grid; EDM mode
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants edm,batch32
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants width48,depth1
 
-Results go to docs/recipe.json after every variant; a variant already there (same name and budget) is skipped, so
-a stopped run resumes. The measured speeds are kept there too and reused, so budgets of later calls share one
+Results go to docs/recipe.json after every variant; a variant already there (same name, budget and seed) is skipped,
+so a stopped run resumes. `--seed S` trains with another training seed (the configs' is 0: initial weights, data
+order and noise) to show one seed's spread:
+
+    OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants baseline,depth1 --seed 1
+ The measured speeds are kept there too and reused, so budgets of later calls share one
 anchor. A constant-lr variant's longer budget continues its shorter run exactly (`--resume`): the first steps of a
 run do not depend on its length. Checkpoints go to runs/recipe/ (git-ignored).
 """
@@ -70,8 +74,9 @@ VARIANTS = {
 EVAL_ENV = {"OMP_NUM_THREADS": "1"}  # the eval command sets malloc itself (difflab.allocator)
 
 
-def variant_config(name: str, steps: int) -> ExperimentConfig:
-    """BASE with the variant's overrides, trained for `steps`, checkpointed only at the end, no sample grids."""
+def variant_config(name: str, steps: int, seed: int | None = None) -> ExperimentConfig:
+    """BASE with the variant's overrides, trained for `steps` (from training seed `seed`, default the config's),
+    checkpointed only at the end, no sample grids."""
     overrides = {**BASE, **VARIANTS[name][1]}
     spec = read_json_object(CONFIGS / overrides.pop("config"), "recipe variant")
     for key, value in overrides.items():
@@ -79,7 +84,7 @@ def variant_config(name: str, steps: int) -> ExperimentConfig:
         spec[section] = {**spec[section], field: value} if field else value
     config = ExperimentConfig.from_dict(spec)
     return replace(config, train=replace(config.train, steps=steps, minutes=None, checkpoint_every=steps,
-                                         sample_every=10 ** 9))
+                                         sample_every=10 ** 9, seed=config.train.seed if seed is None else seed))
 
 
 def speed_key(config: ExperimentConfig) -> str:
@@ -119,13 +124,14 @@ def anchored_speeds(names: list[str], known: dict[str, float], rounds: int, iter
     return {key: speed * scale for key, speed in probed.items() if key not in known}
 
 
-def train(name: str, budget: float, steps: int, runs: Path, report: dict) -> tuple[Path, float]:
-    """Train the variant for `steps`, continuing the longest shorter run of the same recipe where its lr is constant
-    (its first steps do not depend on the budget); (checkpoint, seconds of this call)."""
-    config = variant_config(name, steps)
-    out = runs / f"{name}_b{budget:g}"
+def train(name: str, budget: float, steps: int, seed: int | None, runs: Path, report: dict) -> tuple[Path, float]:
+    """Train the variant for `steps`, continuing the longest shorter run of the same recipe and seed where its lr is
+    constant (its first steps do not depend on the budget); (checkpoint, seconds of this call)."""
+    config = variant_config(name, steps, seed)
+    out = runs / f"{name}_b{budget:g}{seed_suffix(seed)}"
     same = VARIANTS[name][1]
-    shorter = [r for r in report["results"].values() if VARIANTS[r["variant"]][1] == same and r["steps"] < steps]
+    shorter = [r for r in report["results"].values() if VARIANTS[r["variant"]][1] == same and r["steps"] < steps
+               and r.get("seed") == seed]
     resume = config.train.lr_decay == "constant" and bool(shorter)
     if resume:
         longest = max(shorter, key=lambda r: r["steps"])
@@ -138,6 +144,11 @@ def train(name: str, budget: float, steps: int, runs: Path, report: dict) -> tup
     seconds = time.perf_counter() - start
     print(f"{name}: trained steps {trained_from}..{trainer.step} in {seconds:.0f} s", flush=True)
     return checkpoint, seconds
+
+
+def seed_suffix(seed: int | None) -> str:
+    """How a run with another training seed is told apart (its result key and folder); none for the config's."""
+    return "" if seed is None else f"_seed{seed}"
 
 
 def fd(checkpoint: Path, config: ExperimentConfig, n: int) -> float:
@@ -153,12 +164,14 @@ def table(report: dict) -> str:
     """The ablation table in markdown, per budget, FD ratio to that budget's baseline."""
     rows = ["| budget (core-min) | variant | what changed | images/s | steps | FD | FD / baseline |",
             "|---|---|---|---|---|---|---|"]
-    results = sorted(report["results"].values(), key=lambda r: (r["budget"], r["variant"] != "baseline"))
+    results = sorted(report["results"].values(),
+                     key=lambda r: (r["budget"], r.get("seed") is not None, r["variant"] != "baseline"))
     for r in results:
-        base = report["results"].get(f"baseline@{r['budget']:g}")
+        base = report["results"].get(f"baseline@{r['budget']:g}{seed_suffix(r.get('seed'))}")
         ratio = f"{r['fd'] / base['fd']:.2f}" if base else "-"
-        rows.append(f"| {r['budget']:g} | {r['variant']} | {r['changed']} | {r['images_per_s']:.1f} | {r['steps']} "
-                    f"| {r['fd']:.2f} | {ratio} |")
+        seed = "" if r.get("seed") is None else f" (seed {r['seed']})"
+        rows.append(f"| {r['budget']:g} | {r['variant']}{seed} | {r['changed']} | {r['images_per_s']:.1f} | "
+                    f"{r['steps']} | {r['fd']:.2f} | {ratio} |")
     return "\n".join(rows)
 
 
@@ -172,6 +185,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=4, help="speed probe: steps per variant per round")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "recipe"))
     parser.add_argument("--report", default=str(REPORT))
+    parser.add_argument("--seed", type=int, help="training seed (default: the configs', 0)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     keep_freed_memory()  # training runs in this process, not through the CLI
@@ -188,14 +202,15 @@ def main() -> None:
         report["speeds"].update(anchored_speeds(missing, report["speeds"], args.rounds, args.iters, runs / "probe"))
         path.write_text(json.dumps(report, indent=1))
     for name in names:
-        key = f"{name}@{args.budget:g}"
+        key = f"{name}@{args.budget:g}{seed_suffix(args.seed)}"
         if key in report["results"]:
             continue
         images_per_s = report["speeds"][speed_key(configs[name])]
         steps = round(images_per_s / configs[name].train.batch * 60 * args.budget)  # B minutes at the probed speed
-        checkpoint, seconds = train(name, args.budget, steps, runs, report)
+        checkpoint, seconds = train(name, args.budget, steps, args.seed, runs, report)
         report["results"][key] = {
-            "variant": name, "changed": VARIANTS[name][0], "budget": args.budget, "images_per_s": images_per_s,
+            "variant": name, "changed": VARIANTS[name][0], "budget": args.budget, "seed": args.seed,
+            "images_per_s": images_per_s,
             "steps": steps, "batch": configs[name].train.batch, "train_seconds": seconds,
             "checkpoint": str(checkpoint), "fd": fd(checkpoint, configs[name], args.n),
             "eval": "difflab eval --sampler dpmpp_2m --steps 20 --seed 0 --threads 1 (trailing grid; EDM: karras)"}

@@ -1,6 +1,7 @@
 """The bundled recipes (difflab/configs/*.json) load, and the default one takes the budgets users give it."""
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,17 @@ def test_fine_tuning_without_a_config_keeps_the_checkpoints_network():
     edm = ROOT / "difflab" / "configs" / "fashion_mnist_edm.json"
     args = build_parser().parse_args(["train", "--init", str(BUNDLED_MODEL), "--config", str(edm)])
     assert training_config(args).network == load_config(edm).network
+
+
+def test_recipe_bench_runs_another_training_seed_apart_from_the_first():
+    bench = _bench_recipe()
+    first, other = bench.variant_config("depth1", 882), bench.variant_config("depth1", 882, seed=1)
+    assert first.train.seed == 0 and other.train.seed == 1
+    assert replace(other, train=replace(other.train, seed=0)) == first  # the seed is the only change
+    row = {"budget": 20.0, "changed": "", "images_per_s": 47.0, "steps": 882}
+    report = {"results": {
+        "baseline@20": {**row, "variant": "baseline", "fd": 40.0},
+        "baseline@20_seed1": {**row, "variant": "baseline", "seed": 1, "fd": 50.0},
+        "depth1@20_seed1": {**row, "variant": "depth1", "seed": 1, "fd": 15.0}}}
+    table = bench.table(report)
+    assert "| 20 | depth1 (seed 1) |" in table and table.rstrip().endswith("| 15.00 | 0.30 |")  # seed 1's baseline
