@@ -26,9 +26,6 @@ Samplers left out by default, and why:
     annealed_langevin, predictor_corrector: several network evaluations per level (a corrector budget, not a grid
     question); euler_maruyama: pass it with --samplers (cheap, one evaluation per step).
   - grid respaced: needs --sections, a per-model choice rather than a default.
-  - dpm_2, dpm_2_ancestral, dpmpp_2s_ancestral and dpmpp_3m_sde (the web UI's DPM2, DPM2 a, DPM++ 2S a and DPM++ 3M
-    SDE, added after the 10-step column was measured): not measured yet; under the UI's names they run on the UI's
-    own schedules, under difflab's on trailing. Pass them with --samplers to measure them.
 """
 
 from __future__ import annotations
@@ -53,7 +50,7 @@ from difflab.pipelines.samplers import default_grid
 from difflab.samplers import SAMPLERS
 
 SAMPLER_NAMES = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "heun", "dpm_solver_2", "dpmpp_2s",
-                 "dpm_solver_3", "unipc")
+                 "dpm_solver_3", "unipc", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_3m_sde")
 SAME_UPDATE = {"euler": "ddim", "dpm_solver_1": "ddim", "euler_ancestral": "ddpm"}  # sampler -> the one it equals
 GRID_NAMES = ("linspace", "leading", "trailing", "karras", "log_snr")
 METRICS = ("fd", "kid", "precision", "recall")
