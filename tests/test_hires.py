@@ -17,11 +17,14 @@ from difflab.grids import make_grid
 from difflab.images import to_uint8
 from difflab.lowres import upsample
 from difflab.pipelines.generate import generate
-from difflab.pipelines.hires import Hires, HiresSize, hires_size, plan_hires, run_hires
+from difflab.denoiser import Denoiser
+from difflab.pipelines.hires import (Hires, HiresSize, check_second_model, hires_size, plan_hires,
+                                     run_hires)
 from difflab.pipelines.refiner import Refined, completed_fraction
 from difflab.pipelines.request import Request, plan_request
 from difflab.pipelines.start import img2img_levels
 from difflab.samplers.common import StepInfo
+from difflab.serve.model import file_sha256
 from difflab.train.checkpoint import load_checkpoint
 from difflab.train.trainer import Trainer
 
@@ -107,6 +110,48 @@ def test_hires_second_pass_condition(model):
     second, _ = plan_hires(plan_of(model, label=2), config, Hires(scale=2, strength=0.6, steps=5))
     expected = replace(second, request=replace(second.request, start=out.upscaled)).sample()
     assert torch.equal(out.samples, expected) and not torch.equal(out.samples, same.samples)
+
+
+class Seen(Denoiser):
+    """A denoiser that notes the image sizes it is asked about."""
+
+    def __init__(self, inner: Denoiser, sizes: set):
+        super().__init__(inner.net, inner.precond, inner.learned_variance)
+        self.sizes = sizes
+
+    def with_variance(self, x, sigma, cond=None):
+        self.sizes.add(tuple(x.shape[-2:]))
+        return super().with_variance(x, sigma, cond)
+
+
+def test_hires_second_pass_model(model):
+    """--hires-model (A1111 hr_checkpoint_name): the second pass, and only it, runs on another model, as img2img of
+    the upscaled first pass with that model; a refiner takes over the low-noise end of both passes."""
+    config, denoiser = model
+    other = tiny_denoiser(config, 9)
+    hires = Hires(scale=2, strength=0.6, steps=5)
+    plain = run_hires(plan_of(model), config, hires)
+    assert torch.equal(run_hires(plan_of(model), config, hires, model=(tiny_denoiser(config, 3), config)).samples,
+                       plain.samples)  # the same weights again: the plain hires fix
+    first, second = set(), set()
+    plan = plan_request(Request(n=2, seed=11, **RUN), Seen(denoiser, first), config)
+    out = run_hires(plan, config, hires, model=(Seen(other, second), config))
+    assert (first, second) == ({(8, 8)}, {(16, 16)})
+    assert torch.equal(out.first_pass, plain.first_pass) and not torch.equal(out.samples, plain.samples)
+    levels = img2img_levels(lambda k: make_grid(other.schedule, k, "trailing"), 5, 0.6)
+    img2img = generate(other, (1, 16, 16), 2, seed=11, sampler="euler", steps=levels.steps, grid="trailing",
+                       start=out.upscaled, sigma_start=levels.sigma_start)
+    assert torch.equal(out.samples, img2img)
+    refiner = tiny_denoiser(config, 5)
+    refined = run_hires(replace(plan_of(model), denoiser=Refined(denoiser, refiner, 0.5)), config, hires,
+                        model=(other, config))
+    assert torch.equal(refined.samples, generate(Refined(other, refiner, 0.5), (1, 16, 16), 2, seed=11,
+                                                 sampler="euler", steps=levels.steps, grid="trailing",
+                                                 start=refined.upscaled, sigma_start=levels.sigma_start))
+    with pytest.raises(DifflabError, match="--hires-model does not accept the request's class condition"):
+        check_second_model(config, tiny_config(8, classes=None), frozenset({"class"}))
+    with pytest.raises(DifflabError, match="--hires-model makes 3-channel samples, the model 1-channel"):
+        check_second_model(config, replace(config, data_shape=(3, 8, 8)), frozenset())
 
 
 def test_hires_refuses_a_size_the_model_cannot_run_at(model):
@@ -210,7 +255,16 @@ def test_sample_hires_and_refiner_commands(tmp_path, model, capsys):
                  "--out", str(out)]) == 0
     expected = run_hires(plan_of(model), config, Hires(scale=2, strength=0.5, sampler="heun", grid="karras")).samples
     assert np.array_equal(np.load(out)["images"], to_uint8(expected))
+    assert main(["sample", str(ckpt), "--n", "2", "--seed", "11", "--sampler", "euler", "--steps", "6",
+                 "--hires-scale", "2", "--hires-strength", "0.5", "--hires-model", str(refiner), "--out",
+                 str(out)]) == 0
+    expected = run_hires(plan_of(model), config, Hires(scale=2, strength=0.5), model=(tiny_denoiser(config, 9),
+                                                                                     config)).samples
+    assert np.array_equal(np.load(out)["images"], to_uint8(expected))
     capsys.readouterr()
+    assert main(["sample", str(ckpt), "--n", "1", "--hires-model", str(refiner), "--out", str(out)]) != 0
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "--hires-model goes with --hires-scale or --hires-resize-x/y")
     assert main(["sample", str(ckpt), "--n", "1", "--hires-scale", "1.25", "--out", str(out)]) != 0
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith("so both sides must be multiples of 4")
     assert main(["sample", str(ckpt), "--n", "1", "--hires-grid", "karras", "--out", str(out)]) != 0
@@ -302,18 +356,59 @@ def test_api_hires_sampler_and_scheduler(served):
     assert info["warnings"][0].startswith("unknown sampler 'Nope': hr_sampler_name must be one of")
 
 
+def test_api_hires_checkpoint(served, served_classes):
+    """hr_checkpoint_name runs the second pass on another checkpoint of the server's, as --hires-model does, and is
+    written as "Hires checkpoint" (the UI's short title: file stem and short hash) before the hires sampler; null, ""
+    and "Use same checkpoint" are the first pass's; a name the server lacks, or a model that cannot take the request,
+    is a 422 naming the field."""
+    import json
+
+    from difflab.model import load_model
+
+    client, path = served
+    hires = {"enable_hr": True, "denoising_strength": 0.5, "hr_second_pass_steps": 3, "hr_upscaler": "Latent"}
+    response = post(client, **hires, hr_checkpoint_name="refiner", hr_sampler_name="DDIM")
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    other = load_model(path.with_name("refiner.safetensors"))
+    short_hash = file_sha256(path.with_name("refiner.safetensors"))[:10]
+    assert f"Denoising strength: 0.5, Hires checkpoint: refiner [{short_hash}], Hires sampler: DDIM," in \
+        info["infotexts"][0] and info["warnings"] == []
+    model = load_model(path)
+    plan = plan_request(Request(n=2, seed=3, sampler="Euler", steps=4), model.denoiser, model.checkpoint.config)
+    expected = run_hires(plan, model.checkpoint.config, Hires(2, strength=0.5, steps=3, sampler="DDIM"),
+                         model=(other.denoiser, other.checkpoint.config)).samples
+    assert np.array_equal(pixels(response.json()), to_uint8(expected))
+    plain = post(client, **hires).json()
+    assert not np.array_equal(pixels(response.json()), pixels(plain))
+    for same in (None, "", "Use same checkpoint"):
+        answer = post(client, **hires, hr_checkpoint_name=same).json()
+        assert np.array_equal(pixels(answer), pixels(plain))
+        assert "Hires checkpoint" not in json.loads(answer["info"])["infotexts"][0]
+    assert "Hires checkpoint" not in json.loads(post(client, hr_checkpoint_name="refiner").json()["info"])[
+        "infotexts"][0]  # without enable_hr there is no second pass
+    bad = post(client, **hires, hr_checkpoint_name="nope")
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "hr_checkpoint_name"
+    bad = post(served_classes[0], **hires, prompt="Coat", hr_checkpoint_name="plain")  # unconditional
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "hr_checkpoint_name"
+    assert "hr_checkpoint_name does not accept the request's class condition" in bad.text
+
+
 @pytest.fixture(scope="module")
 def served_classes(tmp_path_factory):
-    """A server on a tiny 16x16 class-conditional model, every weight random."""
+    """A server on a tiny 16x16 class-conditional model, every weight random, with an unconditional one beside it."""
     from fastapi.testclient import TestClient
 
     from difflab.serve.app import create_app
+    from difflab.serve.catalog import Catalog
     from difflab.serve.model import load_served_model
 
     classes = ("Coat", "Bag", "Sneaker")
-    path = write_tiny(tmp_path_factory.mktemp("hires_classes") / "classes.safetensors", tiny_config(16, classes=classes),
-                      5)
-    with TestClient(create_app(load_served_model(path))) as client:
+    root = tmp_path_factory.mktemp("hires_classes")
+    path = write_tiny(root / "classes.safetensors", tiny_config(16, classes=classes), 5)
+    write_tiny(root / "plain.safetensors", tiny_config(16, classes=None), 9)
+    model = load_served_model(path)
+    with TestClient(create_app(model, catalog=Catalog(model, root))) as client:
         yield client, path
 
 

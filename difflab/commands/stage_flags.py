@@ -11,12 +11,13 @@ from dataclasses import replace
 import torch
 
 from difflab.commands import positive_int
+from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
 from difflab.grids import GRIDS
 from difflab.lowres import UPSAMPLE_MODES
 from difflab.model import Model, load_model
 from difflab.pipelines.cascade import SuperResolution, run_cascade, stage_request
-from difflab.pipelines.hires import MODEL_UPSCALER, Hires, run_hires
+from difflab.pipelines.hires import MODEL_UPSCALER, Hires, check_second_model, run_hires
 from difflab.pipelines.refiner import Refined, check_refiner
 from difflab.pipelines.request import Plan, plan_request
 from difflab.pipelines.samplers import OPTION_RANGES
@@ -51,6 +52,9 @@ def add_stage_arguments(p: argparse.ArgumentParser) -> None:
                                            "hr_sampler_name; default: --sampler with its options)")
     g.add_argument("--hires-grid", choices=GRIDS, help="the second pass's grid (A1111 hr_scheduler; default: the first "
                                                        "pass's, or with --hires-sampler that sampler's own)")
+    g.add_argument("--hires-model", metavar="CKPT", help="the second pass's model (A1111 hr_checkpoint_name; default: "
+                                                         "the first pass's): a pixel U-Net of the same channels that "
+                                                         "accepts the request's condition")
     g.add_argument("--refiner", metavar="CKPT", help="a second denoiser that takes over the low-noise end of the "
                                                      "trajectory (A1111 refiner_checkpoint)")
     g.add_argument("--refiner-switch-at", type=float, metavar="F",
@@ -72,7 +76,7 @@ def model_argument(args: argparse.Namespace) -> str | None:
 
 def hires_of(args: argparse.Namespace) -> Hires | None:
     if args.hires_scale is None and not (args.hires_resize_x or args.hires_resize_y):
-        for name in ("hires_sampler", "hires_grid"):
+        for name in ("hires_sampler", "hires_grid", "hires_model"):
             if getattr(args, name) is not None:
                 raise DifflabError(f"--{name.replace('_', '-')} goes with --hires-scale or --hires-resize-x/y")
         return None
@@ -91,6 +95,18 @@ def with_refiner(args: argparse.Namespace, plan: Plan, config: ExperimentConfig,
     check_refiner(config, refiner.checkpoint.config, frozenset() if plan.cond is None else plan.cond.kinds)
     switch_at = 0.8 if args.refiner_switch_at is None else args.refiner_switch_at
     return replace(plan, denoiser=Refined(plan.denoiser, refiner.denoiser.to(device), switch_at))
+
+
+def hires_model(args: argparse.Namespace, plan: Plan, config: ExperimentConfig,
+                device) -> tuple[Denoiser, ExperimentConfig] | None:
+    """--hires-model's denoiser and config, checked against the first pass's model and condition."""
+    if args.hires_model is None:
+        return None
+    model = load_model(args.hires_model)
+    if model.latent is not None:
+        raise DifflabError("--hires-model must be a pixel model: the hires fix denoises the upscaled images themselves")
+    check_second_model(config, model.checkpoint.config, frozenset() if plan.cond is None else plan.cond.kinds)
+    return model.denoiser.to(device), model.checkpoint.config
 
 
 def super_resolution(args: argparse.Namespace, path: str, plan: Plan, device,
@@ -126,5 +142,6 @@ def run_stages(args: argparse.Namespace, plan: Plan, config: ExperimentConfig, d
         upscaler = None
         if hires.upscaler == MODEL_UPSCALER:
             upscaler = super_resolution(args, args.hires_upscaler, plan, device, request_from_args)
-        return run_hires(plan, config, hires, upscaler=upscaler, progress=progress).samples
+        return run_hires(plan, config, hires, upscaler=upscaler, model=hires_model(args, plan, config, device),
+                         progress=progress).samples
     return sample(plan)

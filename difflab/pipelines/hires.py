@@ -10,7 +10,10 @@ ratio; both: upscale to cover, then crop the centre). The upscaler is interpolat
 cascade's second stage).
 The model must be able to run at the target size: a U-Net (convolutional) at a size its downsampling divides; other
 networks are refused. The second pass may run another sampler or grid (A1111 hr_sampler_name, hr_scheduler): the
-same seeds, condition and guidance, that sampler's options; and another condition (hr_prompt, hr_negative_prompt).
+same seeds, condition and guidance, that sampler's options; another condition (hr_prompt, hr_negative_prompt); and
+another model (hr_checkpoint_name, A1111's reload of the weights before sample_hr_pass): a pixel U-Net of the same
+channels that accepts the request's condition, with the refiner (if any) taking over its low-noise end as in the
+first pass.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from typing import Any
 
 import torch
 
+from difflab.denoiser import Denoiser
 from difflab.errors import DifflabError
 from difflab.grids import GridKind, make_grid
 from difflab.lowres import UPSAMPLE_MODES, upsample
 from difflab.nets.unet import UNetConfig
 from difflab.pipelines.cascade import SuperResolution
+from difflab.pipelines.refiner import Refined
 from difflab.pipelines.dialect import CLI, Dialect
 from difflab.pipelines.request import Plan, plan_request
 from difflab.pipelines.samplers import choose_sampler
@@ -106,6 +111,26 @@ def shape_at(config: ExperimentConfig, height: int, width: int) -> tuple[int, in
     return config.data_shape[0], height, width
 
 
+def check_second_model(first: ExperimentConfig, second: ExperimentConfig, kinds: frozenset[str]) -> None:
+    """The second pass's model (--hires-model, A1111 hr_checkpoint_name) must denoise the first pass's images (their
+    channels) and accept the request's condition kinds."""
+    if second.data_shape[0] != first.data_shape[0]:
+        raise DifflabError(f"--hires-model makes {second.data_shape[0]}-channel samples, the model "
+                           f"{first.data_shape[0]}-channel: the second pass must denoise the first pass's images")
+    missing = set(kinds) - set(second.network.accepts)
+    if missing:
+        raise DifflabError(f"--hires-model does not accept the request's {', '.join(sorted(missing))} condition; use "
+                           f"a model trained with it")
+
+
+def second_pass_model(plan: Plan, model: tuple[Denoiser, ExperimentConfig]) -> tuple[Denoiser, ExperimentConfig]:
+    """The second pass's denoiser and config: `model`'s, handing over to the first pass's refiner where it has one."""
+    denoiser, config = model
+    if isinstance(plan.denoiser, Refined):  # the refiner takes the low-noise end of both passes
+        denoiser = Refined(denoiser, plan.denoiser.refiner, plan.denoiser.switch_at)
+    return denoiser, config
+
+
 def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """x [..., H, W] cropped to `size` about its centre (A1111 truncate_x / truncate_y)."""
     dy, dx = x.shape[-2] - size[0], x.shape[-1] - size[1]
@@ -133,13 +158,16 @@ def second_pass_sampler(plan: Plan, hires: Hires) -> Plan:
                    request=replace(plan.request, sampler=name, grid=sampler.grid, options=options))
 
 
-def plan_hires(plan: Plan, config: ExperimentConfig, hires: Hires) -> tuple[Plan | None, HiresSize]:
-    """The second pass as a Plan without its start (None at strength 0: the upscaled images are the answer)."""
+def plan_hires(plan: Plan, config: ExperimentConfig, hires: Hires,
+               model: tuple[Denoiser, ExperimentConfig] | None = None) -> tuple[Plan | None, HiresSize]:
+    """The second pass as a Plan without its start (None at strength 0: the upscaled images are the answer), run by
+    `model` (denoiser, config; default the first pass's)."""
     if plan.request.sections is not None or plan.request.sigmas is not None:
         raise DifflabError("the hires fix's second pass builds its own grid: leave out --sections and --sigmas")
     size = hires_size(*plan.shape[-2:], hires)
-    if hires.condition is not None:  # another prompt: the second pass's own condition and guidance
-        plan = replace(plan_request(replace(plan.request, **hires.condition), plan.denoiser, config,
+    denoiser, config = (plan.denoiser, config) if model is None else second_pass_model(plan, model)
+    if hires.condition is not None or model is not None:  # another prompt or model: the second pass's own plan
+        plan = replace(plan_request(replace(plan.request, **(hires.condition or {})), denoiser, config,
                                     decode=plan.decode), shape=plan.shape)
     plan = second_pass_sampler(plan, hires)
     shape = shape_at(config, *size.target)
@@ -152,9 +180,10 @@ def plan_hires(plan: Plan, config: ExperimentConfig, hires: Hires) -> tuple[Plan
 
 
 def run_hires(plan: Plan, config: ExperimentConfig, hires: Hires, *, upscaler: SuperResolution | None = None,
-              progress: bool = False) -> HiresOutput:
-    """First pass by `plan`, upscale (by interpolation, or by the super-resolution stage `upscaler`), second pass."""
-    second, size = plan_hires(plan, config, hires)
+              model: tuple[Denoiser, ExperimentConfig] | None = None, progress: bool = False) -> HiresOutput:
+    """First pass by `plan`, upscale (by interpolation, or by the super-resolution stage `upscaler`), second pass (by
+    `model`, default the first pass's)."""
+    second, size = plan_hires(plan, config, hires, model)
     if (hires.upscaler == MODEL_UPSCALER) != (upscaler is not None):
         raise DifflabError("hires upscaler 'model' goes with a super-resolution model, and only it")
     first = plan.sample(progress=progress)

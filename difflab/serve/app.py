@@ -32,7 +32,7 @@ from difflab.serve.schemas import (MAX_BODY_BYTES, GenerationResponse, Img2ImgRe
                                    PngInfoRequest, PngInfoResponse, ProgressResponse, ProgressState, SamplerItem,
                                    TaskProgressRequest, TaskProgressResponse, Txt2ImgRequest, describe_error)
 from difflab.serve.settings import SAMPLER_SETTINGS, checked_settings
-from difflab.serve.stages import with_stages
+from difflab.serve.stages import SAME_CHECKPOINT, with_stages
 from difflab.serve.upscalers import UpscalerCatalog
 from difflab.serve.worker import Job, QueueFull, Worker
 
@@ -165,7 +165,13 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         plan = plan_txt2img(body.model_copy(update={"prompt": prompt}), served, strict_names, controlnets, upscalers,
                             sampler_settings())
         refiner = None if body.refiner_checkpoint is None else await load(body.refiner_checkpoint, "refiner_checkpoint")
-        plan = await asyncio.to_thread(with_stages, plan, refiner, upscalers, strict_names)  # enable_hr, refiner
+        hires_model = None
+        if body.enable_hr and body.hr_checkpoint_name not in (None, "", SAME_CHECKPOINT):
+            hires_model = await load(body.hr_checkpoint_name, "hr_checkpoint_name")
+            if loras and hires_model.path != served.path:
+                lora_warnings = [*lora_warnings, "hr_checkpoint_name's model runs the second pass without the "
+                                                 "prompt's LoRAs"]
+        plan = await asyncio.to_thread(with_stages, plan, refiner, upscalers, strict_names, hires_model)
         return await generated(body, served, plan, loras, lora_warnings, run_plan)
 
     @app.post("/sdapi/v1/img2img", response_model=GenerationResponse, responses=ERRORS)

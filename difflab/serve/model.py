@@ -37,6 +37,11 @@ class Checkpoint:
         """The web UI's checkpoint title: "name [short hash]"."""
         return f"{self.name} [{self.short_hash}]"
 
+    @property
+    def short_title(self) -> str:
+        """The web UI's short title (its infotext's "Hires checkpoint"): "file stem [short hash]"."""
+        return f"{self.path.stem} [{self.short_hash}]"
+
     def spellings(self) -> tuple[str, ...]:
         """What a client may call it, as the web UI's checkpoint aliases: the title, the name, the file name (with
         or without .safetensors), the path, the hash or short hash."""

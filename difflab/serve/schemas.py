@@ -23,7 +23,7 @@ IGNORED_FIELDS: dict[str, Any] = {
     "styles": None, "subseed": -1, "subseed_strength": 0, "seed_resize_from_h": -1, "seed_resize_from_w": -1,
     "restore_faces": None, "tiling": None, "do_not_save_samples": False, "do_not_save_grid": False,
     "s_min_uncond": None, "disable_extra_networks": False, "firstpass_image": None, "comments": None,
-    "firstphase_width": 0, "firstphase_height": 0, "hr_checkpoint_name": None, "script_name": None, "script_args": [],
+    "firstphase_width": 0, "firstphase_height": 0, "script_name": None, "script_args": [],
     "save_images": False, "alwayson_scripts": {}, "infotext": None,
 }
 

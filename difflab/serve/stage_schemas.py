@@ -26,6 +26,10 @@ class StageFields(BaseModel):
                                      "or \"Use same scheduler\": scheduler)")
     hr_prompt: str = Field("", max_length=MAX_PROMPT, description="hires fix: the second pass's prompt, as prompt "
                            "(\"\": prompt); its <lora:...> tags are ignored (the prompt's apply to both passes)")
+    hr_checkpoint_name: str | None = Field(None, description="hires fix: the second pass's model, a checkpoint "
+                                           "from GET /sdapi/v1/sd-models (null, \"\" or \"Use same checkpoint\": "
+                                           "the first pass's); a pixel model of the same channels that accepts the "
+                                           "request's condition")
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT, description="hires fix: the second pass's negative "
                                     "prompt, as negative_prompt (\"\": negative_prompt)")
     difflab_hr_noise_level: float | None = Field(None, ge=0, description="difflab's own field: with an hr_upscaler "

@@ -1,6 +1,6 @@
 """txt2img's multi-stage fields on the server: the hires fix (enable_hr, hr_scale, hr_resize_x/y,
 hr_second_pass_steps, hr_upscaler: interpolation or a super-resolution model of difflab.serve.upscalers,
-denoising_strength) and the refiner (refiner_checkpoint, refiner_switch_at),
+denoising_strength, hr_checkpoint_name) and the refiner (refiner_checkpoint, refiner_switch_at),
 checked when a request is planned and run batch by batch on the pipelines' stages (difflab.pipelines.hires,
 difflab.pipelines.refiner)."""
 
@@ -15,7 +15,7 @@ import torch
 from difflab.errors import DifflabError
 from difflab.pipelines.cascade import SuperResolution
 from difflab.pipelines.dialect import RequestError
-from difflab.pipelines.hires import MODEL_UPSCALER, Hires, hires_size, plan_hires, run_hires
+from difflab.pipelines.hires import MODEL_UPSCALER, Hires, check_second_model, hires_size, plan_hires, run_hires
 from difflab.pipelines.refiner import Refined, check_refiner
 from difflab.pipelines.request import Plan, Request
 from difflab.samplers.common import StepInfo
@@ -37,7 +37,8 @@ LATENT_UPSCALE_MODES = {"Latent": "bilinear", "Latent (antialiased)": "bilinear-
 HIRES_UPSCALERS = {**LATENT_UPSCALE_MODES, "Nearest": "nearest", "Bilinear": "bilinear"}
 DEFAULT_HIRES_UPSCALER = "Latent"
 DEFAULT_SWITCH_AT = 0.8  # the UI's refiner switch slider default
-SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # the UI's hires choices: the first pass's
+# the UI's hires choices that mean the first pass's
+SAME_SAMPLER, SAME_SCHEDULER, SAME_CHECKPOINT = "Use same sampler", "Use same scheduler", "Use same checkpoint"
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Stages:
     noise_level: float | None = None  # the super-resolution upscaler's augmentation level
     # the UI's infotext of the second pass (Hires sampler, prompt, negative prompt, schedule type), where it differs
     hires_text: Mapping[str, Any] = field(default_factory=dict)
+    hires_model: ServedModel | None = None  # hr_checkpoint_name's model for the second pass; None: the first pass's
 
     def plan(self, plan: Plan) -> Plan:
         """The one-pass plan with its denoiser handing over to the refiner."""
@@ -64,7 +66,8 @@ class Stages:
         if self.hires is None:
             return plan.batches(callback=callback)
         upscaler = None if self.super_resolution is None else self.super_resolution(plan.request)
-        return iter([run_hires(plan, config, self.hires, upscaler=upscaler).samples])
+        model = None if self.hires_model is None else (self.hires_model.denoiser, self.hires_model.config)
+        return iter([run_hires(plan, config, self.hires, upscaler=upscaler, model=model).samples])
 
     def infotext(self) -> dict[str, Any]:
         """The UI's extra generation parameters for these stages."""
@@ -156,9 +159,11 @@ def hires_condition_fields(txt2img) -> tuple[dict[str, Any], dict[str, Any], tup
 
 
 def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog | None = None,
-                strict: bool = False) -> tuple[Stages | None, int, int, tuple[str, ...]]:
+                strict: bool = False,
+                hires_model: ServedModel | None = None) -> tuple[Stages | None, int, int, tuple[str, ...]]:
     """The stages a planned txt2img's body asks for, checked against its model (and the loaded
-    `refiner_checkpoint`, and the super-resolution models of `upscalers`; hr_sampler_name and hr_scheduler as
+    `refiner_checkpoint` and `hires_model` (hr_checkpoint_name), and the super-resolution models of `upscalers`;
+    hr_sampler_name and hr_scheduler as
     sampler_name and scheduler are, `strict` as --strict-names), the size of the images answered, and warnings; a
     field that cannot be honoured is a RequestError naming it."""
     body, model, plan = txt2img.body, txt2img.model, txt2img.plan
@@ -194,8 +199,12 @@ def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog
         hires = Hires(body.hr_scale, body.hr_resize_x, body.hr_resize_y, body.denoising_strength,
                       body.hr_second_pass_steps, HIRES_UPSCALERS.get(upscaler, MODEL_UPSCALER), **second.hires)
         hires_text, warnings = second.text, second.warnings
+        if hires_model is not None:
+            check_hires_model(model, hires_model, kinds_of(plan))
+            hires_text = {"Hires checkpoint": hires_model.short_title, **hires_text}  # the UI's order
         try:
-            plan_hires(plan, model.config, hires)
+            plan_hires(plan, model.config, hires, None if hires_model is None else (hires_model.denoiser,
+                                                                                   hires_model.config))
         except DifflabError as err:
             raise RequestError("hr_scale", str(err)) from None
         height, width = hires_size(*plan.shape[-2:], hires).target
@@ -206,18 +215,35 @@ def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog
     if refiner is not None:
         switch_at = DEFAULT_SWITCH_AT if body.refiner_switch_at is None else body.refiner_switch_at
         try:
-            check_refiner(model.config, refiner.config, frozenset() if plan.cond is None else plan.cond.kinds)
+            check_refiner(model.config, refiner.config, kinds_of(plan))
             Refined(plan.denoiser, refiner.denoiser, switch_at)
         except DifflabError as err:
             raise RequestError("refiner_checkpoint", str(err).replace("--refiner-switch-at", "refiner_switch_at")
                                .replace("--refiner", "refiner_checkpoint")) from None
-    return Stages(hires, upscaler, refiner, switch_at, sr_stage, noise_level, hires_text), width, height, warnings
+    return (Stages(hires, upscaler, refiner, switch_at, sr_stage, noise_level, hires_text, hires_model), width, height,
+            warnings)
+
+
+def kinds_of(plan: Plan) -> frozenset[str]:
+    """The condition kinds a plan's request carries."""
+    return frozenset() if plan.cond is None else plan.cond.kinds
+
+
+def check_hires_model(model: ServedModel, hires_model: ServedModel, kinds: frozenset[str]) -> None:
+    """hr_checkpoint_name's model can run the second pass of this request, or a RequestError naming the field."""
+    if hires_model.decode is not None:
+        raise RequestError("hr_checkpoint_name", f"hr_checkpoint_name {hires_model.title!r} is a latent model; the "
+                                                 f"hires fix's second pass runs on pixel models")
+    try:
+        check_second_model(model.config, hires_model.config, kinds)
+    except DifflabError as err:
+        raise RequestError("hr_checkpoint_name", str(err).replace("--hires-model", "hr_checkpoint_name")) from None
 
 
 def with_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog | None = None,
-                strict: bool = False):
+                strict: bool = False, hires_model: ServedModel | None = None):
     """A planned txt2img (difflab.serve.generation.Txt2Img) with the stages its body asks for, answering at their
     size."""
-    stages, width, height, warnings = plan_stages(txt2img, refiner, upscalers, strict)
+    stages, width, height, warnings = plan_stages(txt2img, refiner, upscalers, strict, hires_model)
     return txt2img if stages is None else replace(txt2img, stages=stages, width=width, height=height,
                                                   warnings=(*txt2img.warnings, *warnings))
