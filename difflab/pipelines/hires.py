@@ -30,7 +30,7 @@ from difflab.grids import GridKind, make_grid
 from difflab.lowres import UPSAMPLE_MODES, upsample
 from difflab.nets.unet import UNetConfig
 from difflab.pipelines.cascade import SuperResolution
-from difflab.pipelines.refiner import Refined
+from difflab.pipelines.refiner import Refined, check_accepts
 from difflab.pipelines.dialect import CLI, Dialect
 from difflab.pipelines.request import Plan, plan_request
 from difflab.pipelines.samplers import choose_sampler
@@ -117,10 +117,7 @@ def check_second_model(first: ExperimentConfig, second: ExperimentConfig, kinds:
     if second.data_shape[0] != first.data_shape[0]:
         raise DifflabError(f"--hires-model makes {second.data_shape[0]}-channel samples, the model "
                            f"{first.data_shape[0]}-channel: the second pass must denoise the first pass's images")
-    missing = set(kinds) - set(second.network.accepts)
-    if missing:
-        raise DifflabError(f"--hires-model does not accept the request's {', '.join(sorted(missing))} condition; use "
-                           f"a model trained with it")
+    check_accepts(second, kinds, "--hires-model")
 
 
 def second_pass_model(plan: Plan, model: tuple[Denoiser, ExperimentConfig]) -> tuple[Denoiser, ExperimentConfig]:

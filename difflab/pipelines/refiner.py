@@ -71,7 +71,12 @@ def check_refiner(base: ExperimentConfig, refiner: ExperimentConfig, kinds: froz
     if tuple(refiner.data_shape) != tuple(base.data_shape):
         raise DifflabError(f"--refiner makes {list(refiner.data_shape)} samples, the model "
                            f"{list(base.data_shape)}: a refiner must take over the same images")
-    missing = set(kinds) - set(refiner.network.accepts)
+    check_accepts(refiner, kinds, "--refiner")
+
+
+def check_accepts(config: ExperimentConfig, kinds: frozenset[str], flag: str) -> None:
+    """A second model (`flag`: --refiner, --hires-model) must accept the request's condition kinds."""
+    missing = set(kinds) - set(config.network.accepts)
     if missing:
-        raise DifflabError(f"--refiner does not accept the request's {', '.join(sorted(missing))} condition; use a "
-                           f"refiner trained with it")
+        raise DifflabError(f"{flag} does not accept the request's {', '.join(sorted(missing))} condition; use a "
+                           f"model trained with it")
