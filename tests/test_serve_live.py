@@ -157,8 +157,9 @@ def test_browser_page_generates_an_image(server, tmp_path):
 
 
 def test_browser_page_hires_fix(server, tmp_path):
-    """The Hires. fix panel (txt2img only): its upscalers are the server's latent modes, its samplers and schedulers
-    start with the UI's "Use same ..."; on, the images come back at the upscaled size with the UI's infotext."""
+    """The Hires. fix panel (txt2img only): its upscalers are the server's latent modes, its checkpoints, samplers and
+    schedulers start with the UI's "Use same ..."; on, the images come back at the upscaled size with the UI's
+    infotext."""
     with browser_page(tmp_path, 900, "serve_page_hires.png") as page:
         page.goto(server)
         page.wait_for_selector("#hr-upscaler option", state="attached")
@@ -182,9 +183,17 @@ def test_browser_page_hires_fix(server, tmp_path):
         assert page.eval_on_selector("#gallery img", "i => i.complete && i.naturalWidth") == 32  # 16 x 2
         assert ("Denoising strength: 0.7, Hires sampler: DDIM, Hires schedule type: Exponential, Hires upscale: 2, "
                 "Hires steps: 3, Hires upscaler: Latent") in page.inner_text("#gallery pre.infotext")
-        page.fill("#hr-prompt", "a bag")  # an unconditional model: ignored, with a warning on the card
+        assert page.eval_on_selector("#hr-checkpoint option", "o => o.value") == "Use same checkpoint"
+        other = next(o for o in page.eval_on_selector_all("#hr-checkpoint option", "os => os.map(o => o.value)")
+                     if o.startswith("other ["))
+        page.select_option("#hr-checkpoint", other)  # the second pass on the other model
         page.click("#generate")
         page.wait_for_function("document.querySelectorAll('#gallery img').length === 2")
+        assert "Denoising strength: 0.7, Hires checkpoint: other [" in page.inner_text("#gallery pre.infotext")
+        page.select_option("#hr-checkpoint", "Use same checkpoint")
+        page.fill("#hr-prompt", "a bag")  # an unconditional model: ignored, with a warning on the card
+        page.click("#generate")
+        page.wait_for_function("document.querySelectorAll('#gallery img').length === 3")
         assert "hr_prompt ignored: model" in page.inner_text("#gallery .card .warn")
         page.check("#mode-img2img")
         assert page.is_hidden("#hires")

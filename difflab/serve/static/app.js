@@ -26,7 +26,7 @@ async function init() {
     $("model-select").value = options.sd_model_checkpoint;
     for (const s of samplers) $("sampler").add(new Option(s.name, s.name));
     for (const s of schedulers) $("scheduler").add(new Option(s.label, s.label));  // Automatic first
-    await hiresInit(samplers, schedulers);  // hires.js
+    await hiresInit(models, samplers, schedulers);  // hires.js
     await configure();
     await listNetworks();
   } catch (err) {
