@@ -21,9 +21,16 @@ so a stopped run resumes. `--seed S` trains with another training seed (the conf
 order and noise) to show one seed's spread:
 
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants baseline,depth1 --seed 1
- The measured speeds are kept there too and reused, so budgets of later calls share one
-anchor. A constant-lr variant's longer budget continues its shorter run exactly (`--resume`): the first steps of a
-run do not depend on its length. Checkpoints go to runs/recipe/ (git-ignored).
+
+`--n` other than the report's (1,000) scores the same runs at another n, kept apart; a run whose checkpoint is still
+in runs/recipe/ is scored again without training (the training is deterministic, so a retrained run is the same run,
+and its first 1,000 samples, saved beside the checkpoint, give the same FD):
+
+    OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants baseline,depth1 --n 5000
+
+The measured speeds are kept in the report too and reused, so budgets of later calls share one anchor. A
+constant-lr variant's longer budget continues its shorter run exactly (`--resume`): the first steps of a run do not
+depend on its length. Checkpoints go to runs/recipe/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -131,7 +138,7 @@ def train(name: str, budget: float, steps: int, seed: int | None, runs: Path, re
     out = runs / f"{name}_b{budget:g}{seed_suffix(seed)}"
     same = VARIANTS[name][1]
     shorter = [r for r in report["results"].values() if VARIANTS[r["variant"]][1] == same and r["steps"] < steps
-               and r.get("seed") == seed]
+               and r.get("seed") == seed and Path(r["checkpoint"]).is_file()]
     resume = config.train.lr_decay == "constant" and bool(shorter)
     if resume:
         longest = max(shorter, key=lambda r: r["steps"])
@@ -151,11 +158,28 @@ def seed_suffix(seed: int | None) -> str:
     return "" if seed is None else f"_seed{seed}"
 
 
+def result_key(name: str, budget: float, seed: int | None, n: int | None, report: dict) -> str:
+    """A result's key: variant@budget, the training seed's suffix, and _nN where scored at another n than the
+    report's."""
+    n_suffix = "" if n in (None, report.get("n")) else f"_n{n}"
+    return f"{name}@{budget:g}{seed_suffix(seed)}{n_suffix}"
+
+
+def trained(name: str, budget: float, seed: int | None, report: dict) -> dict | None:
+    """A result of the same run (variant, budget, training seed) at any n whose checkpoint is still there."""
+    for r in report["results"].values():
+        if (r["variant"], r["budget"], r.get("seed")) == (name, budget, seed) and Path(r["checkpoint"]).is_file():
+            return r
+    return None
+
+
 def fd(checkpoint: Path, config: ExperimentConfig, n: int) -> float:
-    """FD of n samples (seed 0, DPM++ 2M, 20 steps) by `difflab eval`, one thread."""
+    """FD of n samples (seed 0, DPM++ 2M, 20 steps) by `difflab eval`, one thread; the samples are saved beside the
+    checkpoint (samples_n<n>.npz) for bench/paired_fd.py."""
     grid = "karras" if config.precond.kind == "edm" else "trailing"
     cmd = [sys.executable, "-m", "difflab", "eval", str(checkpoint), "--sampler", "dpmpp_2m", "--steps", "20",
-           "--grid", grid, "--n", str(n), "--seed", "0", "--threads", "1", "--json"]
+           "--grid", grid, "--n", str(n), "--seed", "0", "--threads", "1", "--json",
+           "--save", str(checkpoint.parent / f"samples_n{n}.npz")]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, **EVAL_ENV}).stdout
     return json.loads(out.strip().splitlines()[-1])["fd"]
 
@@ -165,12 +189,15 @@ def table(report: dict) -> str:
     rows = ["| budget (core-min) | variant | what changed | images/s | steps | FD | FD / baseline |",
             "|---|---|---|---|---|---|---|"]
     results = sorted(report["results"].values(),
-                     key=lambda r: (r["budget"], r.get("seed") is not None, r["variant"] != "baseline"))
+                     key=lambda r: (r["budget"], r.get("n", report.get("n")), r.get("seed") is not None,
+                                    r["variant"] != "baseline"))
     for r in results:
-        base = report["results"].get(f"baseline@{r['budget']:g}{seed_suffix(r.get('seed'))}")
+        base = report["results"].get(result_key("baseline", r["budget"], r.get("seed"), r.get("n"), report))
         ratio = f"{r['fd'] / base['fd']:.2f}" if base else "-"
-        seed = "" if r.get("seed") is None else f" (seed {r['seed']})"
-        rows.append(f"| {r['budget']:g} | {r['variant']}{seed} | {r['changed']} | {r['images_per_s']:.1f} | "
+        apart = ([] if r.get("seed") is None else [f"seed {r['seed']}"]) + (
+            [] if r.get("n") in (None, report.get("n")) else [f"n = {r['n']:,}"])
+        label = f" ({', '.join(apart)})" if apart else ""
+        rows.append(f"| {r['budget']:g} | {r['variant']}{label} | {r['changed']} | {r['images_per_s']:.1f} | "
                     f"{r['steps']} | {r['fd']:.2f} | {ratio} |")
     return "\n".join(rows)
 
@@ -202,14 +229,18 @@ def main() -> None:
         report["speeds"].update(anchored_speeds(missing, report["speeds"], args.rounds, args.iters, runs / "probe"))
         path.write_text(json.dumps(report, indent=1))
     for name in names:
-        key = f"{name}@{args.budget:g}{seed_suffix(args.seed)}"
+        key = result_key(name, args.budget, args.seed, args.n, report)
         if key in report["results"]:
             continue
         images_per_s = report["speeds"][speed_key(configs[name])]
         steps = round(images_per_s / configs[name].train.batch * 60 * args.budget)  # B minutes at the probed speed
-        checkpoint, seconds = train(name, args.budget, steps, args.seed, runs, report)
+        earlier = trained(name, args.budget, args.seed, report)
+        if earlier:
+            checkpoint, seconds = Path(earlier["checkpoint"]), earlier["train_seconds"]
+        else:
+            checkpoint, seconds = train(name, args.budget, steps, args.seed, runs, report)
         report["results"][key] = {
-            "variant": name, "changed": VARIANTS[name][0], "budget": args.budget, "seed": args.seed,
+            "variant": name, "changed": VARIANTS[name][0], "budget": args.budget, "seed": args.seed, "n": args.n,
             "images_per_s": images_per_s,
             "steps": steps, "batch": configs[name].train.batch, "train_seconds": seconds,
             "checkpoint": str(checkpoint), "fd": fd(checkpoint, configs[name], args.n),

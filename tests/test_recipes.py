@@ -82,3 +82,24 @@ def test_recipe_bench_runs_another_training_seed_apart_from_the_first():
         "depth1@20_seed1": {**row, "variant": "depth1", "seed": 1, "fd": 15.0}}}
     table = bench.table(report)
     assert "| 20 | depth1 (seed 1) |" in table and table.rstrip().endswith("| 15.00 | 0.30 |")  # seed 1's baseline
+
+
+def test_recipe_bench_scores_the_same_runs_at_another_n_apart(tmp_path):
+    bench = _bench_recipe()
+    report = {"n": 1000, "results": {}}
+    assert bench.result_key("depth1", 20.0, None, 1000, report) == "depth1@20"
+    assert bench.result_key("depth1", 20.0, 1, 5000, report) == "depth1@20_seed1_n5000"
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    row = {"budget": 20.0, "changed": "", "images_per_s": 47.0, "steps": 882, "checkpoint": str(checkpoint)}
+    report["results"] = {
+        "baseline@20": {**row, "variant": "baseline", "fd": 40.0},
+        "depth1@20": {**row, "variant": "depth1", "fd": 14.0},
+        "baseline@20_n5000": {**row, "variant": "baseline", "n": 5000, "fd": 20.0},
+        "depth1@20_n5000": {**row, "variant": "depth1", "n": 5000, "fd": 5.0}}
+    table = bench.table(report)
+    assert "| 20 | depth1 (n = 5,000) |" in table and table.rstrip().endswith("| 5.00 | 0.25 |")  # n = 5,000's baseline
+    assert "| 14.00 | 0.35 |" in table
+    assert bench.trained("depth1", 20.0, None, report) is None  # its checkpoint is gone: train again
+    checkpoint.write_bytes(b"")
+    assert bench.trained("depth1", 20.0, None, report)["variant"] == "depth1"
+    assert bench.trained("depth1", 20.0, 1, report) is None
