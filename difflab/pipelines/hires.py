@@ -30,8 +30,8 @@ from difflab.grids import GridKind, make_grid
 from difflab.lowres import UPSAMPLE_MODES, upsample
 from difflab.nets.unet import UNetConfig
 from difflab.pipelines.cascade import SuperResolution
-from difflab.pipelines.refiner import Refined, check_accepts
 from difflab.pipelines.dialect import CLI, Dialect
+from difflab.pipelines.refiner import Refined, check_accepts
 from difflab.pipelines.request import Plan, plan_request
 from difflab.pipelines.samplers import choose_sampler
 from difflab.pipelines.start import img2img_levels

@@ -51,7 +51,8 @@ class Stages:
     switch_at: float | None
     super_resolution: Callable[[Request], SuperResolution] | None = None  # a batch's request -> its SR stage
     noise_level: float | None = None  # the super-resolution upscaler's augmentation level
-    # the UI's infotext of the second pass (Hires sampler, prompt, negative prompt, schedule type), where it differs
+    # the UI's infotext of the second pass (Hires checkpoint; Hires sampler, prompt, negative prompt, schedule type,
+    # where they differ)
     hires_text: Mapping[str, Any] = field(default_factory=dict)
     hires_model: ServedModel | None = None  # hr_checkpoint_name's model for the second pass; None: the first pass's
 
