@@ -92,7 +92,7 @@ def with_refiner(args: argparse.Namespace, plan: Plan, config: ExperimentConfig,
             raise DifflabError("--refiner-switch-at goes with --refiner CKPT")
         return plan
     refiner = load_model(args.refiner)
-    check_refiner(config, refiner.checkpoint.config, frozenset() if plan.cond is None else plan.cond.kinds)
+    check_refiner(config, refiner.checkpoint.config, plan.kinds)
     switch_at = 0.8 if args.refiner_switch_at is None else args.refiner_switch_at
     return replace(plan, denoiser=Refined(plan.denoiser, refiner.denoiser.to(device), switch_at))
 
@@ -105,7 +105,7 @@ def hires_model(args: argparse.Namespace, plan: Plan, config: ExperimentConfig,
     model = load_model(args.hires_model)
     if model.latent is not None:
         raise DifflabError("--hires-model must be a pixel model: the hires fix denoises the upscaled images themselves")
-    check_second_model(config, model.checkpoint.config, frozenset() if plan.cond is None else plan.cond.kinds)
+    check_second_model(config, model.checkpoint.config, plan.kinds)
     return model.denoiser.to(device), model.checkpoint.config
 
 

@@ -77,6 +77,11 @@ class Plan:
     decode: Decode | None = None  # the sampler's output -> images: a latent model's decoder (Model.decoder)
     levels: tuple[float, ...] | None = None  # the request's sigmas, or a consistency model's chosen ones; None: grid
 
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The condition kinds its request carries (none: the empty set)."""
+        return frozenset() if self.cond is None else self.cond.kinds
+
     def grid(self) -> torch.Tensor:
         """The noise levels this plan samples on, descending to 0 (before any start level cuts them)."""
         return request_grid(self.request, self.denoiser, self.sampler, self.levels)

@@ -201,7 +201,7 @@ def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog
                       body.hr_second_pass_steps, HIRES_UPSCALERS.get(upscaler, MODEL_UPSCALER), **second.hires)
         hires_text, warnings = second.text, second.warnings
         if hires_model is not None:
-            check_hires_model(model, hires_model, kinds_of(plan))
+            check_hires_model(model, hires_model, plan.kinds)
             hires_text = {"Hires checkpoint": hires_model.short_title, **hires_text}  # the UI's order
         try:
             plan_hires(plan, model.config, hires, None if hires_model is None else (hires_model.denoiser,
@@ -216,18 +216,13 @@ def plan_stages(txt2img, refiner: ServedModel | None, upscalers: UpscalerCatalog
     if refiner is not None:
         switch_at = DEFAULT_SWITCH_AT if body.refiner_switch_at is None else body.refiner_switch_at
         try:
-            check_refiner(model.config, refiner.config, kinds_of(plan))
+            check_refiner(model.config, refiner.config, plan.kinds)
             Refined(plan.denoiser, refiner.denoiser, switch_at)
         except DifflabError as err:
             raise RequestError("refiner_checkpoint", str(err).replace("--refiner-switch-at", "refiner_switch_at")
                                .replace("--refiner", "refiner_checkpoint")) from None
     return (Stages(hires, upscaler, refiner, switch_at, sr_stage, noise_level, hires_text, hires_model), width, height,
             warnings)
-
-
-def kinds_of(plan: Plan) -> frozenset[str]:
-    """The condition kinds a plan's request carries."""
-    return frozenset() if plan.cond is None else plan.cond.kinds
 
 
 def check_hires_model(model: ServedModel, hires_model: ServedModel, kinds: frozenset[str]) -> None:
