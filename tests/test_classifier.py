@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_arrays import LOGIT_ATOL, assert_matches_golden
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -69,7 +70,7 @@ def test_legacy_classifier_converts_to_the_same_logits():
     x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = net.eval()(x, torch.tensor([0.0, 100.0, 500.0, 999.0]))
-    assert torch.equal(logits, torch.from_numpy(np.load(GOLDEN / "classifier_logits.npy")))
+    assert_matches_golden(logits, np.load(GOLDEN / "classifier_logits.npy"), LOGIT_ATOL)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def bundled_logits(classifier) -> torch.Tensor:
 def test_bundled_classifier_is_a_component_with_the_logits_it_always_had():
     classifier, spec = load_classifier(BUNDLED_CLASSIFIER)
     assert spec.network == ClassifierConfig() and spec.class_names[9] == "Ankle boot"
-    assert torch.equal(bundled_logits(classifier), torch.from_numpy(np.load(GOLDEN / "classifier_logits.npy")))
+    assert_matches_golden(bundled_logits(classifier), np.load(GOLDEN / "classifier_logits.npy"), LOGIT_ATOL)
 
 
 def test_an_old_classifier_file_names_its_conversion_and_converts(tmp_path, capsys):
@@ -149,7 +150,7 @@ def test_an_old_classifier_file_names_its_conversion_and_converts(tmp_path, caps
     code, _, err = run_cli(capsys, "convert-classifier", str(LEGACY_CLASSIFIER), str(new))
     assert code == 0, err
     classifier, spec = load_classifier(new)
-    assert torch.equal(bundled_logits(classifier), torch.from_numpy(np.load(GOLDEN / "classifier_logits.npy")))
+    assert_matches_golden(bundled_logits(classifier), np.load(GOLDEN / "classifier_logits.npy"), LOGIT_ATOL)
     code, _, err = run_cli(capsys, "convert-classifier", str(new), str(tmp_path / "again.safetensors"))
     assert code == 2 and "is not a classifier of the old format" in err
 
