@@ -2,6 +2,7 @@
 the warnings for names it does not know."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from difflab.adapters.lora import Lora, LoraLayer
 from difflab.model import load_model
 from difflab.serve.adapters import Adapters, LoraTag, parse_prompt
 from difflab.serve.app import create_app
+from difflab.serve.catalog import Catalog
 from difflab.serve.model import load_served_model
 from difflab.text.encoder import TEXT_DIM, text_encoder
 from difflab.train.checkpoint import ComponentRef
@@ -116,3 +118,27 @@ def test_unknown_and_foreign_loras_are_warnings_in_info(served):
 def test_an_embedding_token_changes_the_prompt_it_is_in(served):
     client, *_ = served
     assert generate(client, f"a {TOKEN}")[0] != generate(client, "a sq")[0]
+
+
+def test_a_lora_stays_on_the_first_pass_when_hr_checkpoint_name_runs_the_second(served, tmp_path):
+    """The second pass on another checkpoint runs without the prompt's LoRAs (they were made for the first model),
+    and the answer says so; on the same checkpoint it runs with them, silently."""
+    _, model, base, loras = served
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copy(base.parents[1] / "other.safetensors", models / "other.safetensors")
+    hires = {"enable_hr": True, "denoising_strength": 0.5, "hr_second_pass_steps": 2, "hr_upscaler": "Latent",
+             "steps": 3, "seed": 3}
+    app = create_app(model, catalog=Catalog(model, models), adapters=Adapters(loras, base.parents[1] / "embeddings"))
+    with TestClient(app) as client:
+        def answer(prompt, checkpoint):
+            body = {**hires, "prompt": prompt, "hr_checkpoint_name": checkpoint}
+            response = client.post("/sdapi/v1/txt2img", json=body)
+            assert response.status_code == 200, response.text
+            return response.json()["images"], json.loads(response.json()["info"])["warnings"]
+
+        plain, warnings = answer("a square", "other")
+        adapted, lora_warnings = answer("a square <lora:good:1>", "other")
+        assert adapted != plain and not warnings  # the LoRA acted on the first pass
+        assert lora_warnings == ["hr_checkpoint_name's model runs the second pass without the prompt's LoRAs"]
+        assert answer("a square <lora:good:1>", "Use same checkpoint")[1] == []
