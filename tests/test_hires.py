@@ -24,8 +24,7 @@ from difflab.pipelines.refiner import Refined, completed_fraction
 from difflab.pipelines.request import Request, plan_request
 from difflab.pipelines.start import img2img_levels
 from difflab.samplers.common import StepInfo
-from difflab.serve.model import file_sha256
-from difflab.train.checkpoint import load_checkpoint
+from difflab.train.checkpoint import load_checkpoint, sha256_file
 from difflab.train.trainer import Trainer
 
 RUN = {"sampler": "euler", "steps": 6, "grid": "trailing"}
@@ -371,7 +370,7 @@ def test_api_hires_checkpoint(served, served_classes):
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
     other = load_model(path.with_name("refiner.safetensors"))
-    short_hash = file_sha256(path.with_name("refiner.safetensors"))[:10]
+    short_hash = sha256_file(path.with_name("refiner.safetensors"))[:10]
     assert f"Denoising strength: 0.5, Hires checkpoint: refiner [{short_hash}], Hires sampler: DDIM," in \
         info["infotexts"][0] and info["warnings"] == []
     model = load_model(path)

@@ -29,8 +29,8 @@ from difflab.adapters.lora import attach, detach
 from difflab.adapters.use import read_lora
 from difflab.errors import DifflabError
 from difflab.model import component_files
-from difflab.serve.model import ServedModel, file_sha256
-from difflab.train.checkpoint import read_safetensors
+from difflab.serve.model import ServedModel
+from difflab.train.checkpoint import read_safetensors, sha256_file
 
 EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # the web UI's re_extra_net
 
@@ -130,7 +130,7 @@ class Adapters:
         path = component_files(model.path)["denoiser"]
         with self._lock:
             if path not in self._base_hashes:
-                self._base_hashes[path] = model.sha256 if path == model.path else file_sha256(path)
+                self._base_hashes[path] = model.sha256 if path == model.path else sha256_file(path)
             return self._base_hashes[path]
 
     def take(self, prompt: str, model: ServedModel) -> tuple[str, list[tuple[LoraFile, float]], list[str]]:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from difflab.errors import DifflabError
 from difflab.pipelines.dialect import RequestError
-from difflab.serve.model import Checkpoint, ServedModel, checkpoint_name, file_sha256, load_served_model
+from difflab.serve.model import Checkpoint, ServedModel, checkpoint_name, load_served_model
+from difflab.train.checkpoint import sha256_file
 
 LOADED_MODELS = 2  # kept in memory: the current one and the last other one a request used
 
@@ -43,7 +44,7 @@ class Catalog:
         stat = path.stat()
         key = (path, stat.st_size, stat.st_mtime)
         if key not in self._hashes:
-            self._hashes[key] = file_sha256(path)
+            self._hashes[key] = sha256_file(path)
         return self._hashes[key]
 
     def find(self, title: str, field: str = "sd_model_checkpoint") -> Checkpoint:

@@ -3,7 +3,6 @@ config."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from difflab.pipelines.conditions import accepted
 from difflab.pipelines.generate import Decode
 from difflab.text.encoder import text_encoder
 from difflab.model import load_model
+from difflab.train.checkpoint import sha256_file
 from difflab.train.config import ExperimentConfig
 
 
@@ -96,10 +96,6 @@ def checkpoint_name(path: Path, root: Path | None = None) -> str:
     return (named.as_posix() if named != Path(".") else "") or path.parent.name
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_served_model(path: str | Path, name: str | None = None) -> ServedModel:
     """Load an image checkpoint (named `name`, default checkpoint_name); points (toy 2-D data) cannot be served as
     pictures."""
@@ -112,6 +108,6 @@ def load_served_model(path: str | Path, name: str | None = None) -> ServedModel:
                            f"[channels 1 or 3, height, width]")
     if "text" in accepted(checkpoint.config):
         text_encoder()  # load the prompt encoder now rather than in the first request
-    return ServedModel(path=path.resolve(), name=name or checkpoint_name(path), sha256=file_sha256(path),
+    return ServedModel(path=path.resolve(), name=name or checkpoint_name(path), sha256=sha256_file(path),
                        denoiser=denoiser, config=checkpoint.config, decode=model.decoder, image_shape=shape,
                        encode=None if model.decoder is None else model.encode)
