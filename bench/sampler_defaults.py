@@ -48,6 +48,7 @@ from difflab.model import load_model
 from difflab.pipelines.generate import generate
 from difflab.pipelines.samplers import default_grid
 from difflab.samplers import SAMPLERS
+from difflab.train.checkpoint import sha256_file
 
 SAMPLER_NAMES = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "heun", "dpm_solver_2", "dpmpp_2s",
                  "dpm_solver_3", "unipc", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_3m_sde")
@@ -102,6 +103,14 @@ def measure(denoiser, cell: dict, batch: int, cells: list[dict], save: Path | No
     return {**cell, "nfe": network_evaluations(cell["sampler"], cell["steps"]),
             **{key: metrics[key] for key in METRICS}, "sample_seconds": round(seconds, 1),
             **({} if head is None else {"head_of_n": head[1]})}
+
+
+def check_same_model(out: Path, report: dict, model: dict) -> None:
+    """Cells already in `out` are reused only for the model (by its bytes) that drew them."""
+    if report.get("model_sha256") != model["model_sha256"]:
+        raise SystemExit(f"{out} holds cells of another model ({report.get('model')}, sha256 "
+                         f"{str(report.get('model_sha256'))[:12]}), not of {model['model']} (sha256 "
+                         f"{model['model_sha256'][:12]}): give another --out")
 
 
 def append_cell(out: Path, report: dict, cell: dict) -> dict:
@@ -202,8 +211,10 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     out = Path(args.out)
-    report = json.loads(out.read_text()) if out.exists() else {"model": args.model, "cells": []}
+    model = {"model": args.model, "model_sha256": sha256_file(args.model)} if not args.table else {}
+    report = json.loads(out.read_text()) if out.exists() else {**model, "cells": []}
     if not args.table:
+        check_same_model(out, report, model)
         denoiser = load_model(args.model).denoiser
         for sampler in names(args.samplers, sorted(SAMPLERS)):
             for grid in names(args.grids, GRID_NAMES):

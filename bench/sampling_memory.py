@@ -27,11 +27,11 @@ from difflab.commands import BUNDLED_MODEL
 SETTINGS = {"glibc default": {OPT_OUT: "1"}, "difflab (freed memory kept)": {}}
 
 
-def run_cell(batch: int, n: int, steps: int, threads: int, extra_env: dict[str, str]) -> dict[str, float]:
+def run_cell(model: str, batch: int, n: int, steps: int, threads: int, extra_env: dict[str, str]) -> dict[str, float]:
     """User, system and wall seconds of one `difflab sample` process."""
     env = {k: v for k, v in os.environ.items() if k not in (*USER_SETTINGS, OPT_OUT)} | extra_env
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "difflab", "sample", str(BUNDLED_MODEL), "--sampler", "ddim",
+        cmd = [sys.executable, "-m", "difflab", "sample", model, "--sampler", "ddim",
                "--steps", str(steps), "--n", str(n), "--batch", str(batch), "--threads", str(threads), "--seed", "0",
                "--out", str(Path(tmp) / "samples.npz")]
         before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
@@ -42,6 +42,7 @@ def run_cell(batch: int, n: int, steps: int, threads: int, extra_env: dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(BUNDLED_MODEL), help="checkpoint (default: the bundled model)")
     parser.add_argument("--batches", default="16,32,64,128,250,500")
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--steps", type=int, default=10)
@@ -53,7 +54,7 @@ def main() -> None:
     for i, batch in enumerate(batches):
         names = list(SETTINGS) if i % 2 == 0 else list(reversed(SETTINGS))
         for name in names:
-            cell = run_cell(batch, args.n, args.steps, args.threads, SETTINGS[name])
+            cell = run_cell(args.model, batch, args.n, args.steps, args.threads, SETTINGS[name])
             # network evaluations per CPU second: n images x steps / (user + sys)
             cell |= {"batch": batch, "malloc": name, "images_steps_per_cpu_s": args.n * args.steps /
                      (cell["user"] + cell["sys"])}
@@ -62,7 +63,8 @@ def main() -> None:
                   f"wall {cell['wall']:6.1f} s  {cell['images_steps_per_cpu_s']:6.1f} image-steps per CPU s",
                   flush=True)
     report = {"command": " ".join(["python", "bench/sampling_memory.py", *sys.argv[1:]]), "n": args.n,
-              "steps": args.steps, "threads": args.threads, "sampler": "ddim", "rows": rows}
+              "steps": args.steps, "threads": args.threads, "sampler": "ddim",
+              "model": args.model, "rows": rows}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -25,7 +25,7 @@ from difflab.pipelines.samplers import (
     resolve_sampler,
 )
 from difflab.samplers import SAMPLERS
-from difflab.train.checkpoint import load_denoiser
+from difflab.train.checkpoint import load_denoiser, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "docs" / "sampler_defaults.json"  # bench/sampler_defaults.py's cells
@@ -46,12 +46,17 @@ def test_every_default_is_a_registered_sampler_on_a_grid_without_sections():
     assert all(grid != "respaced" for grid in SAMPLER_GRIDS.values())
 
 
-def test_each_default_is_what_the_table_at_n_2000_and_10_steps_chose():
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_sampler_defaults", ROOT / "bench" / "sampler_defaults.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_default_is_what_the_table_at_n_2000_and_10_steps_chose(bench):
     """A sampler's default is its grid of lowest FD in the shipped table, or trailing where that one won by too
     little (the paired-bootstrap rule), and never worse than trailing: no default changes without a measurement."""
-    spec = importlib.util.spec_from_file_location("bench_sampler_defaults", ROOT / "bench" / "sampler_defaults.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     cells = [c for c in json.loads(TABLE.read_text())["cells"]
              if c["n"] == 2000 and c["steps"] == 10 and c["seed"] == 0]
     for sampler in bench.SAMPLER_NAMES:  # the bench's samplers, each on each of its grids
@@ -60,6 +65,16 @@ def test_each_default_is_what_the_table_at_n_2000_and_10_steps_chose():
         own = SAMPLER_GRIDS[sampler]
         assert own in (min(fd, key=fd.get), DEFAULT_GRID), sampler
         assert fd[own] <= fd[DEFAULT_GRID], sampler
+
+
+def test_the_bench_extends_a_table_only_with_the_model_that_drew_it(bench, tiny):
+    """The shipped table is of the previous bundled model (tests/golden/): a run of another model, even one at the
+    same path, refuses to mix its cells in."""
+    report = json.loads(TABLE.read_text())
+    assert report["model_sha256"] == sha256_file(ROOT / report["model"])
+    bench.check_same_model(TABLE, report, {"model": report["model"], "model_sha256": report["model_sha256"]})
+    with pytest.raises(SystemExit, match="holds cells of another model .* give another --out"):
+        bench.check_same_model(TABLE, report, {"model": str(tiny[0]), "model_sha256": sha256_file(tiny[0])})
 
 
 def test_samplers_command_lists_each_default(capsys):
