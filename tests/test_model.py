@@ -24,7 +24,7 @@ def manifest(tmp_path, **parts) -> str:
 def test_a_component_file_is_a_model_of_one_denoiser():
     model = load_model(BUNDLED_MODEL)
     assert model.files == {"denoiser": BUNDLED_MODEL}
-    assert model.checkpoint.kind == "denoiser" and model.checkpoint.step == 4000
+    assert model.checkpoint.kind == "denoiser" and model.checkpoint.step == 5760
 
 
 def test_a_manifest_names_the_parts_relative_to_itself(tmp_path):

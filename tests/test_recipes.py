@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from difflab.cli import build_parser
-from difflab.commands import BUNDLED_MODEL
+from difflab.commands import BUNDLED_CONDITIONAL_MODEL
 from difflab.commands.train import training_config
 from difflab.train.checkpoint import load_checkpoint
 from difflab.train.config import load_config
@@ -57,16 +57,17 @@ def test_recipe_bench_scales_a_new_networks_speed_by_the_baseline_probed_beside_
 
 
 def test_fine_tuning_without_a_config_keeps_the_checkpoints_network():
-    """The default recipe's network (1 res block a level, bench/recipe.py) differs from the bundled model's (2):
-    `difflab train --init BUNDLED` takes the checkpoint's network, less its condition inputs (--cond adds those);
-    with --config, the config's network."""
-    bundled = load_checkpoint(BUNDLED_MODEL).config.network
+    """The default recipe's network (1 res block a level, bench/recipe.py) differs from the bundled conditional
+    model's (2): `difflab train --init CKPT` takes the checkpoint's network, less its condition inputs (--cond adds
+    those); with --config, the config's network."""
+    conditional = load_checkpoint(BUNDLED_CONDITIONAL_MODEL).config.network
     default = load_config(ROOT / "difflab" / "configs" / "fashion_mnist.json").network
-    assert (default.num_res_blocks, bundled.num_res_blocks) == (1, 2)
-    args = build_parser().parse_args(["train", "--init", str(BUNDLED_MODEL), "--cond", "class"])
-    assert training_config(args).network == bundled
+    assert (default.num_res_blocks, conditional.num_res_blocks) == (1, 2)
+    for cond in ([], ["--cond", "class"]):
+        args = build_parser().parse_args(["train", "--init", str(BUNDLED_CONDITIONAL_MODEL), *cond])
+        assert training_config(args).network == replace(conditional, num_classes=None, text_dim=None)
     edm = ROOT / "difflab" / "configs" / "fashion_mnist_edm.json"
-    args = build_parser().parse_args(["train", "--init", str(BUNDLED_MODEL), "--config", str(edm)])
+    args = build_parser().parse_args(["train", "--init", str(BUNDLED_CONDITIONAL_MODEL), "--config", str(edm)])
     assert training_config(args).network == load_config(edm).network
 
 
