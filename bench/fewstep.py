@@ -37,6 +37,7 @@ from difflab.commands import BUNDLED_MODEL
 from difflab.commands.sample import noise_levels
 from difflab.distributed import resolve_device
 from difflab.eval.plots import plot_fd_vs_nfe
+from difflab.eval.provenance import model_record, refusal
 from difflab.eval.report import evaluate_images
 from difflab.images import save_samples, to_uint8
 from difflab.model import load_model
@@ -201,6 +202,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     report = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
+    teacher = model_record(args.teacher)
+    if "quality" in report and not args.skip_quality and (problem := refusal(args.json, report["quality"], teacher,
+                                                                            "--json")):
+        raise SystemExit(problem)  # its rows are kept, so they must be of the same teacher
     if not args.skip_speed:
         report["paradigms"] = speed(args)
     if not args.skip_quality:  # rows measured before at the same n are kept unless measured again
@@ -209,7 +214,7 @@ def main() -> None:
             new["curves"] = merge_curves(old["curves"], new["curves"])
             new["reference"] = new["reference"] if new["reference"]["fd"] else old["reference"]
             new["midpoints"] = new["midpoints"] or old.get("midpoints", [])
-        report["quality"] = new
+        report["quality"] = {**teacher, **new}
     Path(args.json).write_text(json.dumps(report, indent=1))
     if "quality" in report:
         plot(report, args.plot)

@@ -42,13 +42,13 @@ from difflab.allocator import keep_freed_memory
 from difflab.commands import BUNDLED_MODEL, set_threads
 from difflab.eval.features import bundled_feature_net, extract, reference_features
 from difflab.eval.frechet import gaussian_moments, paired_gap_std
+from difflab.eval.provenance import model_record, refusal
 from difflab.eval.report import evaluate_images
 from difflab.images import to_uint8
 from difflab.model import load_model
 from difflab.pipelines.generate import generate
 from difflab.pipelines.samplers import default_grid
 from difflab.samplers import SAMPLERS
-from difflab.train.checkpoint import sha256_file
 
 SAMPLER_NAMES = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "heun", "dpm_solver_2", "dpmpp_2s",
                  "dpm_solver_3", "unipc", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_3m_sde")
@@ -103,14 +103,6 @@ def measure(denoiser, cell: dict, batch: int, cells: list[dict], save: Path | No
     return {**cell, "nfe": network_evaluations(cell["sampler"], cell["steps"]),
             **{key: metrics[key] for key in METRICS}, "sample_seconds": round(seconds, 1),
             **({} if head is None else {"head_of_n": head[1]})}
-
-
-def check_same_model(out: Path, report: dict, model: dict) -> None:
-    """Cells already in `out` are reused only for the model (by its bytes) that drew them."""
-    if report.get("model_sha256") != model["model_sha256"]:
-        raise SystemExit(f"{out} holds cells of another model ({report.get('model')}, sha256 "
-                         f"{str(report.get('model_sha256'))[:12]}), not of {model['model']} (sha256 "
-                         f"{model['model_sha256'][:12]}): give another --out")
 
 
 def append_cell(out: Path, report: dict, cell: dict) -> dict:
@@ -211,10 +203,11 @@ def main() -> None:
     torch.set_grad_enabled(False)
 
     out = Path(args.out)
-    model = {"model": args.model, "model_sha256": sha256_file(args.model)} if not args.table else {}
-    report = json.loads(out.read_text()) if out.exists() else {**model, "cells": []}
-    if not args.table:
-        check_same_model(out, report, model)
+    model = None if args.table else model_record(args.model)
+    report = json.loads(out.read_text()) if out.exists() else {**(model or {}), "cells": []}
+    if model is not None:
+        if problem := refusal(out, report, model, "--out"):
+            raise SystemExit(problem)
         denoiser = load_model(args.model).denoiser
         for sampler in names(args.samplers, sorted(SAMPLERS)):
             for grid in names(args.grids, GRID_NAMES):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from difflab.pipelines.samplers import (
     resolve_sampler,
 )
 from difflab.samplers import SAMPLERS
+from difflab.eval.provenance import model_record, refusal
 from difflab.train.checkpoint import load_denoiser, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,14 +70,23 @@ def test_each_default_is_what_the_table_at_n_2000_and_10_steps_chose(bench):
         assert fd[own] <= fd[DEFAULT_GRID], sampler
 
 
-def test_the_bench_extends_a_table_only_with_the_model_that_drew_it(bench, tiny):
+def test_the_benches_extend_a_report_only_with_the_model_that_measured_it(tiny, tmp_path):
     """The shipped table is of the previous bundled model (tests/golden/): a run of another model, even one at the
-    same path, refuses to mix its cells in."""
+    same path, refuses to add its cells, in one line; so does bench/fewstep.py with another teacher."""
     report = json.loads(TABLE.read_text())
     assert report["model_sha256"] == sha256_file(ROOT / report["model"])
-    bench.check_same_model(TABLE, report, {"model": report["model"], "model_sha256": report["model_sha256"]})
-    with pytest.raises(SystemExit, match="holds cells of another model .* give another --out"):
-        bench.check_same_model(TABLE, report, {"model": str(tiny[0]), "model_sha256": sha256_file(tiny[0])})
+    assert refusal(TABLE, report, model_record(ROOT / report["model"]), "--out") is None
+    problem = refusal(TABLE, report, model_record(tiny[0]), "--out")
+    assert "holds results of another model" in problem and problem.endswith("give another --out")
+    fewstep = json.loads((ROOT / "docs" / "fewstep.json").read_text())["quality"]
+    assert fewstep["model_sha256"] == report["model_sha256"]  # its students were distilled from the same model
+    for bench, flag in (("sampler_defaults.py", "--out"), ("fewstep.py", "--json")):
+        copy = tmp_path / bench.replace(".py", ".json")
+        copy.write_text(json.dumps({"cells": [], "quality": fewstep, **report}))
+        model_flag = "--model" if bench == "sampler_defaults.py" else "--teacher"
+        result = subprocess.run([sys.executable, str(ROOT / "bench" / bench), model_flag, str(tiny[0]), flag,
+                                 str(copy), "--n", "10", "--threads", "1"], capture_output=True, text=True)
+        assert result.returncode == 1 and result.stderr.strip().endswith(f"give another {flag}"), result.stderr
 
 
 def test_samplers_command_lists_each_default(capsys):
