@@ -16,6 +16,7 @@ from tiny_models import TINY_UNET, write_random_model
 
 from difflab.cli import main
 from difflab.denoiser import Denoiser, EDMConfig, EDMPrecond
+from difflab.eval.provenance import model_record, refusal
 from difflab.pipelines.dialect import CLI
 from difflab.pipelines.generate import generate
 from difflab.pipelines.request import Request, plan_request
@@ -27,7 +28,6 @@ from difflab.pipelines.samplers import (
     resolve_sampler,
 )
 from difflab.samplers import SAMPLERS
-from difflab.eval.provenance import model_record, refusal
 from difflab.train.checkpoint import load_denoiser, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]

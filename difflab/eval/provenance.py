@@ -19,5 +19,5 @@ def refusal(report_path: str | Path, recorded: dict, model: dict[str, str], flag
     if recorded.get("model_sha256") == model["model_sha256"]:
         return None
     return (f"{report_path} holds results of another model ({recorded.get('model')}, sha256 "
-            f"{str(recorded.get('model_sha256'))[:12]}), not of {model['model']} (sha256 {model['model_sha256'][:12]}): "
-            f"give another {flag}")
+            f"{str(recorded.get('model_sha256'))[:12]}), not of {model['model']} "
+            f"(sha256 {model['model_sha256'][:12]}): give another {flag}")
