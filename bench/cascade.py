@@ -8,7 +8,8 @@ augmentation, and with noise-conditioning augmentation at several levels (Ho et 
     python bench/cascade.py --n 1000 --levels 0,0.1,0.2,0.3 [--only single,base,noaug,aug0.1] [--out runs/bench_cascade]
 
 Samples are cached in --out (NAME.npz, and base14.pt for the base's float samples that every cascade row shares),
-so rows can be drawn by separate processes (--only) and the table made by a last run that finds them all.
+so rows can be drawn by separate processes (--only) and the table made by a last run that finds them all. The
+folder records the models and settings that drew them (models.json); a run with others is refused.
 Time per image: --timing-n images of each row in one batch, rows alternating over --timing-rounds rounds (median).
 """
 
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from difflab.commands import BUNDLED_MODEL
+from difflab.errors import run_script
+from difflab.eval.provenance import claim_samples
 from difflab.eval.report import evaluate_images
 from difflab.images import save_samples
 from difflab.lowres import upsample
@@ -38,13 +41,13 @@ def plan(model, n: int, seed: int, sampler: str, steps: int, batch: int):
 
 
 def rows_of(args) -> dict[str, dict]:
-    """Row name -> what it samples: the single model, the base alone, or a cascade (SR model, level)."""
+    """Row name -> what it samples: the single model, the base alone, or a cascade (SR model's role, level)."""
     rows = {"single": {"what": f"single-stage 28x28 ({args.sampler} {args.single_steps})"},
             "base": {"what": f"base 14x14 alone, bilinear x2 ({args.sampler} {args.base_steps})"},
             "noaug": {"what": f"cascade, SR trained without augmentation, s = 0 ({args.sampler} "
-                              f"{args.base_steps} + {args.sr_steps})", "sr": args.sr_noaug, "level": 0.0}}
+                              f"{args.base_steps} + {args.sr_steps})", "sr": "sr_noaug", "level": 0.0}}
     for level in args.levels:
-        rows[f"aug{level:g}"] = {"what": f"cascade, SR trained with augmentation, s = {level:g}", "sr": args.sr_aug,
+        rows[f"aug{level:g}"] = {"what": f"cascade, SR trained with augmentation, s = {level:g}", "sr": "sr_aug",
                                  "level": level}
     return rows
 
@@ -58,6 +61,11 @@ def draw(name: str, row: dict, n: int, models: dict, base_low: callable, args) -
     stage = SuperResolution(plan(sr_model, n, args.seed, args.sampler, args.sr_steps, args.batch),
                             sr_model.checkpoint.config, row["level"])
     return stage.run(base_low(n))
+
+
+def roles(name: str, row: dict) -> list[str]:
+    """The models whose samples a row holds (the 14x14 base's for every row but the single model's)."""
+    return ["single"] if name == "single" else ["base", *([row["sr"]] if "sr" in row else [])]
 
 
 class Models(dict):
@@ -97,7 +105,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = rows_of(args)
     only = list(rows) if args.only is None else args.only.split(",")
-    models = Models({"single": args.single})
+    models = Models({role: vars(args)[role] for role in ("single", "base", "sr_aug", "sr_noaug")})
+    claim_samples(out, {role: models.aliases[role] for name in only for role in roles(name, rows[name])},
+                  {key: vars(args)[key] for key in ("n", "sampler", "single_steps", "base_steps", "sr_steps", "seed")},
+                  "--out")
     low_cache: dict[int, torch.Tensor] = {}
 
     def base_low(n: int) -> torch.Tensor:
@@ -107,7 +118,7 @@ def main() -> None:
             if n == args.n and path.is_file():
                 low_cache[n] = torch.load(path)
             else:
-                low_cache[n] = plan(models[args.base], n, args.seed, args.sampler, args.base_steps, args.batch).sample()
+                low_cache[n] = plan(models["base"], n, args.seed, args.sampler, args.base_steps, args.batch).sample()
                 if n == args.n:
                     torch.save(low_cache[n], path)
         return low_cache[n]
@@ -147,4 +158,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

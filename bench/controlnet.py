@@ -30,6 +30,7 @@ from difflab.annotators import annotate
 from difflab.commands import BUNDLED_CONDITIONAL_MODEL
 from difflab.data import load_dataset
 from difflab.data.captions import Captioner
+from difflab.errors import run_script
 from difflab.eval.features import bundled_feature_net, extract, reference_features
 from difflab.eval.frechet import frechet_distance_of
 from difflab.images import to_uint8
@@ -174,4 +175,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from difflab.data import load_dataset
+from difflab.errors import run_script
 from difflab.eval.report import evaluate_images
 from difflab.images import to_uint8
 from difflab.nets.dit import named_size
@@ -163,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

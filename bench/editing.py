@@ -30,6 +30,7 @@ from difflab.conditioning import Condition
 from difflab.data import load_fashion_mnist
 from difflab.edit.img2img import MaskRequest, plan_edit
 from difflab.edit.invert import from_noise, invert
+from difflab.errors import run_script
 from difflab.eval.report import evaluate_images
 from difflab.images import to_uint8
 from difflab.model import load_model
@@ -214,4 +215,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

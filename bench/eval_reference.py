@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from difflab.data import load_fashion_mnist
 from difflab.data.toy import TOY_SETS, sample_toy
+from difflab.errors import run_script
 from difflab.eval.report import evaluate_images, evaluate_points
 
 IMAGE_COLUMNS = ("fd", "kid", "kid_std", "precision", "recall", "class_coverage")
@@ -94,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -36,6 +36,7 @@ import torch
 from difflab.commands import BUNDLED_MODEL
 from difflab.commands.sample import noise_levels
 from difflab.distributed import resolve_device
+from difflab.errors import run_script
 from difflab.eval.plots import plot_fd_vs_nfe
 from difflab.eval.provenance import model_record, refusal
 from difflab.eval.report import evaluate_images
@@ -222,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

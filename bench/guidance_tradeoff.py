@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from difflab.conditioning import Condition
+from difflab.errors import run_script
 from difflab.eval.feature_net import IMAGE_SIZE
 from difflab.eval.plots import plot_guidance_tradeoff
 from difflab.eval.report import evaluate_images
@@ -122,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

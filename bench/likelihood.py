@@ -24,6 +24,7 @@ import torch
 
 from difflab.data import load_dataset
 from difflab.distributed import resolve_device
+from difflab.errors import run_script
 from difflab.eval.report import evaluate_images
 from difflab.images import to_uint8
 from difflab.likelihood.evaluate import images_bits_per_dim
@@ -106,4 +107,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from difflab.errors import run_script
 from difflab.eval.features import bundled_feature_net, extract, reference_features
 from difflab.eval.frechet import frechet_distance, gaussian_moments, paired_gap_std
 from difflab.eval.samples import read_samples
@@ -45,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

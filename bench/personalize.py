@@ -33,6 +33,7 @@ from difflab.adapters.train import Recipe, subject_data, train_embedding, train_
 from difflab.adapters.use import read_lora
 from difflab.commands import BUNDLED_CONDITIONAL_MODEL
 from difflab.data import load_fashion_mnist
+from difflab.errors import run_script
 from difflab.eval.features import bundled_feature_net, extract
 from difflab.eval.frechet import frechet_distance_of
 from difflab.images import to_uint8
@@ -182,4 +183,4 @@ def print_table(results: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

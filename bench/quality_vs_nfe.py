@@ -19,6 +19,7 @@ import time
 import torch
 
 from difflab.data.toy import sample_toy
+from difflab.errors import run_script
 from difflab.grids import GRIDS, make_grid
 from difflab.samplers import SAMPLERS
 from difflab.samplers.common import randn_like
@@ -137,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

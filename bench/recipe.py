@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from difflab.allocator import keep_freed_memory
+from difflab.errors import run_script
 from difflab.train.config import ExperimentConfig, read_json_object
 from difflab.train.trainer import CHECKPOINT, Trainer
 
@@ -251,4 +252,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -6,7 +6,9 @@ precision and recall of N samples at 28x28 (the metrics of `difflab eval`), same
     python bench/refiner.py --refiner runs/refiner/low200/checkpoint.safetensors --switch 0.8 0.9 --n 2000
 
 A refiner trained on t < 200 of 1000 covers the last 20 % of a trailing grid: --switch 0.8 hands it exactly those
-steps. Samples are cached in --out (NAME.npz), so an interrupted run draws only the rows it lacks.
+steps. Samples are cached in --out (NAME.npz), so an interrupted run draws only the rows it lacks; the folder
+records its models and settings (models.json), and a run with another base, refiner, n, sampler, steps or
+seed is refused.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import torch
 
 from difflab.allocator import keep_freed_memory
 from difflab.commands import BUNDLED_MODEL
+from difflab.errors import run_script
 from difflab.eval.features import bundled_feature_net, extract, reference_features
 from difflab.eval.frechet import gaussian_moments, paired_gap_std
+from difflab.eval.provenance import claim_samples
 from difflab.eval.report import evaluate_features
 from difflab.images import save_samples
 from difflab.model import load_model
@@ -49,7 +53,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     keep_freed_memory()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_samples(out, {"base": args.base, "refiner": args.refiner},
+                  {key: vars(args)[key] for key in ("n", "sampler", "steps", "seed")}, "--out")
     base, refiner = load_model(args.base), load_model(args.refiner)
     plan = plan_request(Request(n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, batch=args.batch),
                         base.denoiser, base.checkpoint.config)
@@ -84,4 +89,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -24,6 +24,7 @@ import torch
 
 from difflab.commands import BUNDLED_MODEL
 from difflab.denoiser import Denoiser, VPPrecond
+from difflab.errors import run_script
 from difflab.grids import make_grid
 from difflab.nets import build_network
 from difflab.samplers import SAMPLERS
@@ -161,4 +162,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

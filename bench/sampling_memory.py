@@ -23,6 +23,7 @@ from pathlib import Path
 
 from difflab.allocator import OPT_OUT, USER_SETTINGS
 from difflab.commands import BUNDLED_MODEL
+from difflab.errors import run_script
 
 SETTINGS = {"glibc default": {OPT_OUT: "1"}, "difflab (freed memory kept)": {}}
 
@@ -70,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

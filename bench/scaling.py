@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from difflab.errors import run_script
 from difflab.nets import build_network, network_config
 from difflab.train.speed import CompiledNetwork, autocast
 from train_throughput import DiffusersAdapter, diffusers_unet
@@ -174,4 +175,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -21,6 +21,7 @@ from pathlib import Path
 import requests
 
 from difflab.commands import BUNDLED_MODEL
+from difflab.errors import run_script
 
 RSS_SLACK_MIB = 64  # after the burst, RSS may exceed the warmed-up baseline by this much
 PROBE_LIMIT_S = 0.5  # the slowest /progress answer allowed during the burst
@@ -124,4 +125,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

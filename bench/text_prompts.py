@@ -22,6 +22,7 @@ from difflab.commands import BUNDLED_CONDITIONAL_MODEL
 from difflab.conditioning import Condition
 from difflab.data import load_dataset
 from difflab.data.captions import Captioner
+from difflab.errors import run_script
 from difflab.eval.features import bundled_feature_net, extract
 from difflab.eval.plots import plot_sample_grids
 from difflab.guidance import Guidance
@@ -91,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -30,6 +30,7 @@ import torch
 
 from difflab.allocator import keep_freed_memory
 from difflab.commands import BUNDLED_MODEL, set_threads
+from difflab.errors import run_script
 from difflab.eval.features import bundled_feature_net, extract, reference_features
 from difflab.eval.frechet import frechet_distance, gaussian_moments, paired_gap_std
 from difflab.grids import append_zero, log_snr_sigmas, make_grid
@@ -211,4 +212,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

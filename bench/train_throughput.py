@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from difflab.errors import run_script
 from difflab.nets import build_network, network_config
 
 RECIPE = Path(__file__).resolve().parent.parent / "difflab" / "configs" / "fashion_mnist.json"
@@ -126,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
