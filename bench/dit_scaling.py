@@ -6,8 +6,9 @@ for "unet", configs/fashion_mnist_dit.json with the named size (difflab.nets.dit
 like. A run already in OUT is resumed, not restarted, and a model measured with the same settings is not measured
 again (its row is kept in its run folder). For each model (EMA weights): parameters, forward Gflops
 counted at batch 1 (difflab.nets.flops, a multiply-add is 2 flops), training images/s (every model's training step
-timed side by side in alternating rounds at the end, so the ratios hold on a busy machine) and FD of --n samples by DPM++ 2M on the Karras grid as `difflab eval` measures it. Prints a table and writes
-docs/dit_scaling.json and docs/dit_scaling.png.
+timed side by side in alternating rounds at the end, so the ratios hold on a busy machine) and FD of --n samples by
+DPM++ 2M on the Karras grid as `difflab eval` measures it. Prints a table and writes docs/dit_scaling.json and
+docs/dit_scaling.png.
 
     python bench/dit_scaling.py --steps 1000 --threads 2 --out runs/dit_scaling
     python bench/dit_scaling.py --steps 20 --n 100 --models unet DiT-T/7 --out /tmp/tiny   # smoke run

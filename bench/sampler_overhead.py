@@ -124,7 +124,8 @@ def main() -> None:
         shape, source = checkpoint.config.data_shape, f"{path} (step {checkpoint.step})"
     else:
         config = load_config(RECIPE)
-        denoiser = Denoiser(build_network(config.network), VPPrecond(DiscreteSchedule(config.schedule), config.prediction)).eval()
+        precond = VPPrecond(DiscreteSchedule(config.schedule), config.prediction)
+        denoiser = Denoiser(build_network(config.network), precond).eval()
         shape, source = config.data_shape, f"randomly initialised U-Net of {RECIPE.name} ({path} not found)"
     timed = TimedNet(denoiser.net)
     denoiser.net = timed

@@ -34,7 +34,8 @@ def diffusers_unet(config) -> torch.nn.Module:
         sample_size=28, in_channels=config.in_channels, out_channels=config.in_channels,
         block_out_channels=widths, layers_per_block=config.num_res_blocks, norm_num_groups=config.groups,
         down_block_types=tuple("AttnDownBlock2D" if i in config.attention_levels else "DownBlock2D" for i in levels),
-        up_block_types=tuple("AttnUpBlock2D" if i in config.attention_levels else "UpBlock2D" for i in reversed(levels)),
+        up_block_types=tuple("AttnUpBlock2D" if i in config.attention_levels else "UpBlock2D"
+                             for i in reversed(levels)),
         attention_head_dim=config.head_dim,
     )
 

@@ -119,7 +119,8 @@ class VPPrecond:
 
 
 def edm_scalings(sigma: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """EDM's (c_skip, c_out, c_in) at levels sigma (any shape) for data of std sigma_data (Karras et al. 2022, Table 1)."""
+    """EDM's (c_skip, c_out, c_in) at levels sigma (any shape) for data of std sigma_data (Karras et al. 2022,
+    Table 1)."""
     c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)  # sigma_data^2 / (sigma^2 + sigma_data^2)
     c_out = sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)  # sigma sigma_data / sqrt(sigma^2 + sigma_data^2)
     c_in = torch.rsqrt(sigma**2 + sigma_data**2)  # 1 / sqrt(sigma^2 + sigma_data^2)

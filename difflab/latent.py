@@ -65,7 +65,10 @@ def training_latents(path: str | Path, data: Dataset, ref: ComponentRef | None =
                      ) -> tuple[Dataset, LatentSpace, ComponentRef]:
     """The images of `data` encoded once into the latent space of the autoencoder at `path`, that space, and the
     reference a latent model's checkpoint keeps to it (on resume, `ref`, checked against the file)."""
-    ref = ComponentRef.to("autoencoder", path) if ref is None else replace(ref, path=str(ref.check("autoencoder", path)))
+    if ref is None:
+        ref = ComponentRef.to("autoencoder", path)
+    else:
+        ref = replace(ref, path=str(ref.check("autoencoder", path)))
     latent = load_autoencoder(path)
     if data.kind != "image" or tuple(data.shape) != latent.image_shape:
         raise DifflabError(f"--autoencoder {path} codes images of shape {list(latent.image_shape)}; data "

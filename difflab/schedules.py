@@ -58,7 +58,8 @@ def cosine_betas(timesteps: int, offset: float = 0.008) -> torch.Tensor:
 
 
 def sigmoid_betas(timesteps: int, start: float = -3.0, end: float = 3.0, tau: float = 1.0) -> torch.Tensor:
-    # Jabri et al. 2022: alpha_bar(t) = (sigmoid(end/tau) - sigmoid((t(end-start)+start)/tau)) / (sigmoid(end/tau) - sigmoid(start/tau))
+    # Jabri et al. 2022: alpha_bar(t) = (sigmoid(end/tau) - sigmoid((t(end-start)+start)/tau))
+    #                                   / (sigmoid(end/tau) - sigmoid(start/tau))
     t = torch.arange(timesteps + 1, dtype=torch.float64) / timesteps
     v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
     alpha_bar = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)

@@ -186,4 +186,5 @@ def run_from_noise(args: argparse.Namespace) -> int:
     request = Request(label=label, prompt=prompt, guidance=guidance, sampler="ddim", grid=inversion.grid,
                       sections=inversion.sections, steps=inversion.steps, n=len(noise))
     plan = plan_request(request, model.denoiser, model.checkpoint.config, decode=model.decoder)
-    return finish(from_noise(plan, noise).sample(), args.out, "swapped images" if args.swap else "reconstructions", start)
+    what = "swapped images" if args.swap else "reconstructions"
+    return finish(from_noise(plan, noise).sample(), args.out, what, start)

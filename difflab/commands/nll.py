@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
         raise DifflabError(f"{args.checkpoint} models {config.train.data!r} with examples of shape "
                            f"{list(config.data_shape)}; difflab nll needs a model of 8-bit images")
     if model.latent is not None:
-        raise DifflabError(f"{args.checkpoint} is a latent model; its likelihood would be of autoencoder latents, which "
-                           "have no discretized decoder to 8-bit pixels; difflab nll needs a pixel model")
+        raise DifflabError(f"{args.checkpoint} is a latent model; its likelihood would be of autoencoder latents, "
+                           "which have no discretized decoder to 8-bit pixels; difflab nll needs a pixel model")
     data = load_dataset(config.train.data, "test", args.data_root)
     images = data.batch(slice(0, args.n))[0]
     denoiser = denoiser.to(resolve_device(args.device))

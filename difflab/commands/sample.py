@@ -119,13 +119,14 @@ def request_from_args(args: argparse.Namespace, model: Model, n: int, label: int
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("sample", help="sample from a checkpoint", description=__doc__)
-    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint or a .json model manifest {\"denoiser\": FILE, "
-                                                 "\"classifier\": FILE, \"autoencoder\": FILE}, or 'latent' (the bundled "
-                                                 "latent text-to-image model); default: the bundled conditional "
-                                                 "model, which also samples unconditionally")
+    p.add_argument("checkpoint", nargs="?",
+                   help="a .safetensors checkpoint or a .json model manifest {\"denoiser\": FILE, \"classifier\": "
+                        "FILE, \"autoencoder\": FILE}, or 'latent' (the bundled latent text-to-image model); "
+                        "default: the bundled conditional model, which also samples unconditionally")
     add_sampling_arguments(p)
     p.add_argument("--n", "--num-samples", dest="n", type=positive_int("--n"), default=64,
-                   help="number of samples (default 64); spell it --num-samples under torchrun, which takes --n as its own")
+                   help="number of samples (default 64); spell it --num-samples under torchrun, which takes --n as "
+                        "its own")
     p.add_argument("--class", dest="label", type=int, help="class index for a class-conditional model (or for "
                                                            "--classifier guidance)")
     p.add_argument("--prompt", help="text prompt for a text-conditional model, e.g. 'a dark ankle boot'")

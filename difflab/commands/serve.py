@@ -23,12 +23,15 @@ def register(subparsers) -> None:
     p.add_argument("--api-auth", metavar="USER:PASS", help="require HTTP basic auth for the API and the page")
     p.add_argument("--queue-size", type=int, default=4,
                    help="requests that may wait behind the running one; more get 503 (default 4)")
-    p.add_argument("--models-dir", metavar="DIR", help="also offer every *.safetensors checkpoint below DIR "
-                                                         "(GET /sdapi/v1/sd-models; switch with POST /sdapi/v1/options)")
-    p.add_argument("--lora-dir", metavar="DIR", help="LoRAs a prompt may name as <lora:NAME:MULTIPLIER> (every "
-                                                       "*.safetensors below DIR; GET /sdapi/v1/loras)")
-    p.add_argument("--embeddings-dir", metavar="DIR", help="textual-inversion embeddings loaded at start; a prompt uses "
-                                                           "one by its token (GET /sdapi/v1/embeddings)")
+    p.add_argument("--models-dir", metavar="DIR",
+                   help="also offer every *.safetensors checkpoint below DIR (GET /sdapi/v1/sd-models; switch with "
+                        "POST /sdapi/v1/options)")
+    p.add_argument("--lora-dir", metavar="DIR",
+                   help="LoRAs a prompt may name as <lora:NAME:MULTIPLIER> (every *.safetensors below DIR; GET "
+                        "/sdapi/v1/loras)")
+    p.add_argument("--embeddings-dir", metavar="DIR",
+                   help="textual-inversion embeddings loaded at start; a prompt uses one by its token (GET "
+                        "/sdapi/v1/embeddings)")
     p.add_argument("--controlnet-dir", metavar="DIR",
                    help="ControlNets (from `difflab train-controlnet`) below DIR for alwayson_scripts.controlnet "
                         "(GET /controlnet/model_list)")

@@ -23,7 +23,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a diffusion model", description=__doc__)
     p.add_argument("--objective", choices=["diffusion", "consistency"], default="diffusion",
                    help="consistency: consistency training, the same as difflab train-consistency (and its flags)")
-    p.add_argument("--config", help="JSON experiment config (default: configs/fashion_mnist.json, or configs/toy.json for toy data)")
+    p.add_argument("--config", help="JSON experiment config (default: configs/fashion_mnist.json, or "
+                                    "configs/toy.json for toy data)")
     p.add_argument("--data", help="fashion-mnist | DIR of images | toy:swissroll|8gaussians|checkerboard|moons")
     p.add_argument("--data-root", help="folder holding the Fashion-MNIST IDX files")
     p.add_argument("--steps", type=positive_int("--steps"), help="optimizer steps")
@@ -45,8 +46,8 @@ def register(subparsers) -> None:
                    "L_simple + 0.001 L_vlb with learned variance; vlb: L_vlb with learned variance and importance-"
                    "sampled t (Nichol & Dhariwal 2021); hybrid and vlb set network.learned_variance; edm: Karras et "
                    "al.'s loss, for a config with precond.kind edm (configs/fashion_mnist_edm.json)")
-    p.add_argument("--init", help="start from this checkpoint's EMA weights (fine-tuning), and without --config from its "
-                                  "network too; new layers keep their init")
+    p.add_argument("--init", help="start from this checkpoint's EMA weights (fine-tuning), and without --config from "
+                                  "its network too; new layers keep their init")
     p.add_argument("--low-res-augmentation", type=float, help="super-resolution (train.low_res): the largest "
                    "noise-augmentation level s of the low-resolution condition, drawn from U[0, s]; 0: none")
     p.add_argument("--max-timestep", type=int, help="train a refiner: only the low-noise levels t < this (of the "
@@ -74,7 +75,8 @@ def training_config(args: argparse.Namespace) -> ExperimentConfig:
                                    "autoencoder": args.autoencoder and str(Path(args.autoencoder).resolve())
                                    }.items() if v is not None}
     if args.steps is not None or args.minutes is not None:
-        overrides.update(steps=args.steps, minutes=args.minutes)  # a budget given on the command line replaces the recipe's
+        # a budget given on the command line replaces the recipe's
+        overrides.update(steps=args.steps, minutes=args.minutes)
     network = config.network
     if args.loss is not None:  # hybrid and vlb train the variance fraction v (Nichol & Dhariwal 2021, Sec. 3.1)
         network = replace(network, learned_variance=args.loss in ("hybrid", "vlb"))

@@ -19,7 +19,8 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="fashion-mnist (default) or a DIR of images")
     p.add_argument("--data-root", help="folder holding the Fashion-MNIST IDX files")
-    p.add_argument("--factor", type=int, choices=FACTORS, help=f"downsampling factor f (default {AutoencoderConfig.factor})")
+    p.add_argument("--factor", type=int, choices=FACTORS,
+                   help=f"downsampling factor f (default {AutoencoderConfig.factor})")
     p.add_argument("--latent-channels", type=positive_int("--latent-channels"),
                    help=f"channels of the latent (default {AutoencoderConfig.latent_channels})")
     p.add_argument("--channels", type=positive_int("--channels"),

@@ -67,7 +67,8 @@ class ConsistencyRecipe:
 
 
 # Song & Dhariwal 2023 (iCT): s0 = 10, s1 = 1280, no EMA target, pseudo-Huber, log-normal levels
-IMPROVED = {"curriculum": "ict", "s0": 10, "s1": 1280, "mu": 0.0, "metric": "pseudo_huber", "level_sampling": "lognormal"}
+IMPROVED = {"curriculum": "ict", "s0": 10, "s1": 1280, "mu": 0.0, "metric": "pseudo_huber",
+            "level_sampling": "lognormal"}
 
 
 def levels_at(recipe: ConsistencyRecipe, k: int, total: int) -> int:

@@ -213,7 +213,8 @@ class UNetTrunk(UNetEncoder):
         c = self.skip_widths[-1]
         self.mid1 = ResBlock(c, c, self.embed_dim, config.groups, config.dropout)
         self.mid_attn = SelfAttention(c, config.head_dim, config.groups)
-        self.mid_cross_attn = CrossAttention(c, config.text_dim, config.head_dim, config.groups) if config.text_dim else None
+        self.mid_cross_attn = (CrossAttention(c, config.text_dim, config.head_dim, config.groups) if config.text_dim
+                               else None)
         self.mid2 = ResBlock(c, c, self.embed_dim, config.groups, config.dropout)
 
     def middle(self, h: torch.Tensor, emb: torch.Tensor, context: Context) -> torch.Tensor:

@@ -89,12 +89,14 @@ class Plan:
     def _arguments(self) -> dict[str, Any]:
         request = self.request
         return dict(sampler=self.sampler.sampler, steps=request.steps, grid=self.sampler.grid,
-                    sections=request.sections, levels=self.levels, seed=request.seed, batch=request.batch, cond=self.cond,
+                    sections=request.sections, levels=self.levels, seed=request.seed, batch=request.batch,
+                    cond=self.cond,
                     options=self.options, guidance=self.guidance, start=request.start, sigma_start=request.sigma_start,
                     decode=self.decode, start_noised=request.start_noised, inpaint=request.inpaint)
 
     def batches(self, callback: Callable[[int, StepInfo], None] | None = None) -> Iterator[torch.Tensor]:
-        """All n samples in this process, batch by batch as each is done (a server keeps those done when interrupted)."""
+        """All n samples in this process, batch by batch as each is done (a server keeps those done when
+        interrupted)."""
         return generate_batches(self.denoiser, self.shape, self.request.n, callback=callback, **self._arguments())
 
     def sample(self, callback: Callable[[int, StepInfo], None] | None = None, progress: bool = False) -> torch.Tensor:

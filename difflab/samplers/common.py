@@ -58,7 +58,8 @@ def to_d(x: torch.Tensor, sigma: torch.Tensor, x0_hat: torch.Tensor) -> torch.Te
     return (x - x0_hat) / append_dims(sigma, x.ndim)
 
 
-def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor, eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def ancestral_step(sigma: torch.Tensor, sigma_next: torch.Tensor,
+                   eta: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Split the step sigma -> sigma_next into a deterministic part to sigma_down and fresh noise of std sigma_up.
 
     sigma_up = eta * sigma_next * sqrt(1 - sigma_next^2/sigma^2) is DDIM's std (Song et al. 2021, Eq. 16) divided

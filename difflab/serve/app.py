@@ -187,8 +187,9 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
     async def samplers() -> list[dict]:
         """The sampler names this server accepts, with the difflab sampler and grid behind each (and, as the UI lists
         it, the schedule of those with one of their own)."""
-        return [{"name": e.name, "aliases": list(e.aliases), "options": {
-            **({} if e.scheduler is None else {"scheduler": e.scheduler}), "difflab_sampler": e.sampler, "grid": e.grid}}
+        return [{"name": e.name, "aliases": list(e.aliases),
+                 "options": {**({} if e.scheduler is None else {"scheduler": e.scheduler}),
+                             "difflab_sampler": e.sampler, "grid": e.grid}}
                 for e in offered_samplers()]
 
     @app.get("/sdapi/v1/sd-models", response_model=list[ModelItem])

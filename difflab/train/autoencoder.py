@@ -36,7 +36,8 @@ def feature_distance(net: FeatureNet, x: torch.Tensor, y: torch.Tensor) -> torch
     h = torch.cat([x, y])
     for stage in [*net.conv, net.embed]:
         h = stage(h)
-        unit = h / (h.square().sum(1, keepdim=True).sqrt() + 1e-10)  # Zhang et al. 2018, Eq. 1: unit length per position
+        # Zhang et al. 2018, Eq. 1: unit length per position
+        unit = h / (h.square().sum(1, keepdim=True).sqrt() + 1e-10)
         a, b = unit.chunk(2)
         distance = distance + (a - b).square().sum(1).reshape(len(x), -1).mean(1)
     return distance

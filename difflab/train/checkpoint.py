@@ -248,7 +248,8 @@ def load_denoiser(path: str | Path, prefer_ema: bool = True) -> tuple[Denoiser, 
     try:
         net.load_state_dict(weights)
     except RuntimeError as err:
-        raise DifflabError(f"checkpoint {path}: weights do not fit its network config ({str(err).splitlines()[0]})") from None
+        raise DifflabError(f"checkpoint {path}: weights do not fit its network config "
+                           f"({str(err).splitlines()[0]})") from None
     return build_denoiser(net, config).eval(), checkpoint
 
 

@@ -36,7 +36,8 @@ class TrainingConditions:
             self.captioner = Captioner.for_dataset(data)
             self.captions = text_encoder().encode(self.captioner.captions)  # every caption encoded once
 
-    def __call__(self, index: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator) -> Condition | None:
+    def __call__(self, index: torch.Tensor, labels: torch.Tensor | None,
+                 generator: torch.Generator) -> Condition | None:
         if not self.kinds:
             return None
         # the draws, in this order and only for the kinds in use, are part of exact resume: keep them

@@ -60,7 +60,8 @@ class TrainConfig(LoopConfig):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise DifflabError(f"train.{name} must be >= 1 pixels, got {getattr(self, name)}")
         if self.autoencoder is not None and (self.resolution is not None or self.low_res is not None):
-            raise DifflabError("--autoencoder (latent diffusion) does not combine with train.resolution or train.low_res")
+            raise DifflabError("--autoencoder (latent diffusion) does not combine with train.resolution or "
+                               "train.low_res")
         if not self.low_res_augmentation >= 0 or (self.low_res_augmentation and self.low_res is None):
             raise DifflabError(f"train.low_res_augmentation must be >= 0 and goes with train.low_res, got "
                                f"{self.low_res_augmentation}")
