@@ -15,6 +15,7 @@ test set, n samples, seed 0, DPM++ 2M at 20 steps on the trailing grid; EDM mode
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants edm,batch32
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 20 --variants edm,batch32
     OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants width48,depth1
+    OMP_NUM_THREADS=1 python bench/recipe.py --budget 10 --variants bf16
 
 Results go to docs/recipe.json after every variant; a variant already there (same name, budget and seed) is skipped,
 so a stopped run resumes. `--seed S` trains with another training seed (the configs' is 0: initial weights, data
@@ -78,6 +79,8 @@ VARIANTS = {
     "vpred": ("warm-up 50, lr 1e-3, v-prediction", {"train.warmup": 50, "train.lr": 1e-3, "prediction": "v"}),
     "minsnr5": ("warm-up 50, lr 1e-3, min-SNR-gamma 5 weighting",
                 {"train.warmup": 50, "train.lr": 1e-3, "train.min_snr_gamma": 5.0}),
+    "bf16": ("the default recipe (depth1) with bf16 autocast (steps by speed)",
+             {"train.warmup": 50, "train.lr": 1e-3, "network.num_res_blocks": 1, "train.precision": "bf16"}),
 }
 EVAL_ENV = {"OMP_NUM_THREADS": "1"}  # the eval command sets malloc itself (difflab.allocator)
 
@@ -96,8 +99,11 @@ def variant_config(name: str, steps: int, seed: int | None = None) -> Experiment
 
 
 def speed_key(config: ExperimentConfig) -> str:
-    """Variants that share this (network and batch) share a training speed."""
-    return json.dumps({"network": config.to_dict()["network"], "batch": config.train.batch}, sort_keys=True)
+    """Variants that share this (network, batch and precision) share a training speed; float32 is left out of the
+    key, so the speeds of the report's float32 variants keep their keys."""
+    precision = {} if config.train.precision == "fp32" else {"precision": config.train.precision}
+    return json.dumps({"network": config.to_dict()["network"], "batch": config.train.batch, **precision},
+                      sort_keys=True)
 
 
 def probe_speeds(names: list[str], rounds: int, iters: int, scratch: Path) -> dict[str, float]:

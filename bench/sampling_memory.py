@@ -24,6 +24,7 @@ from pathlib import Path
 from difflab.allocator import OPT_OUT, USER_SETTINGS
 from difflab.commands import BUNDLED_MODEL
 from difflab.errors import run_script
+from difflab.eval.provenance import model_record
 
 SETTINGS = {"glibc default": {OPT_OUT: "1"}, "difflab (freed memory kept)": {}}
 
@@ -65,7 +66,7 @@ def main() -> None:
                   flush=True)
     report = {"command": " ".join(["python", "bench/sampling_memory.py", *sys.argv[1:]]), "n": args.n,
               "steps": args.steps, "threads": args.threads, "sampler": "ddim",
-              "model": args.model, "rows": rows}
+              **model_record(args.model), "rows": rows}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")
 

@@ -3,9 +3,11 @@
 Both train on the same random Fashion-MNIST-shaped batches with the same AdamW step and L_simple loss;
 measurements alternate between the models (rounds) so machine noise hits both alike. With one thread a step is
 timed by the process's CPU time, which other processes on a busy machine do not inflate; with more, by the wall
-clock. `--profile` prints torch.profiler's table of the operators that take difflab's step time.
+clock. `--profile` prints torch.profiler's table of the operators that take difflab's step time. `--precision bf16`
+runs every model's forward and loss under bf16 autocast (`difflab train --precision bf16`), so the ratio stays one of
+equals; difflab's U-Net trains in the layout `difflab train` gives it at that precision.
 
-    python bench/train_throughput.py [--batch 64] [--rounds 5] [--iters 5] [--threads N] [--profile]
+    python bench/train_throughput.py [--batch 64] [--rounds 5] [--iters 5] [--threads N] [--precision bf16] [--profile]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from difflab.errors import run_script
 from difflab.nets import build_network, network_config
+from difflab.train.speed import autocast, memory_format
 
 RECIPE = Path(__file__).resolve().parent.parent / "difflab" / "configs" / "fashion_mnist.json"
 
@@ -49,8 +52,9 @@ class DiffusersAdapter(torch.nn.Module):
         return self.net(x, timestep).sample
 
 
-def training_step(model, batch: int, channels_last: bool):
-    """A function running one training step (forward, backward, AdamW) of `model` on a fixed random batch."""
+def training_step(model, batch: int, channels_last: bool, precision: str):
+    """A function running one training step (forward and loss under `precision`'s autocast, backward, AdamW) of
+    `model` on a fixed random batch."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -59,7 +63,8 @@ def training_step(model, batch: int, channels_last: bool):
     t = torch.randint(0, 1000, (batch,), generator=g).float()
 
     def step():
-        loss = (model(x, t) - x).pow(2).mean()  # L_simple-shaped objective
+        with autocast(torch.device("cpu"), precision):
+            loss = (model(x, t) - x).pow(2).float().mean()  # L_simple-shaped objective
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--profile", action="store_true", help="print the operator table of difflab's step")
     args = parser.parse_args()
     if args.threads:
@@ -107,21 +113,24 @@ def main() -> None:
         "diffusers UNet2DModel (contiguous)": (DiffusersAdapter(diffusers_unet(config)), False),
         "diffusers UNet2DModel (channels_last)": (DiffusersAdapter(diffusers_unet(config)), True),
     }
-    steps = {name: training_step(model, args.batch, channels_last) for name, (model, channels_last) in models.items()}
+    steps = {name: training_step(model, args.batch, channels_last, args.precision)
+             for name, (model, channels_last) in models.items()}
+    layout = memory_format(torch.device("cpu"), args.precision)  # as `difflab train` runs it
+    trained = f"difflab UNet ({'channels_last' if layout == torch.channels_last else 'contiguous'})"
     if args.profile:
-        profile(steps["difflab UNet (channels_last)"])
+        profile(steps[trained])
     times = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, step in steps.items():
             times[name].append(step_time(step, args.iters, clock))
-    print(f"batch {args.batch}, {torch.get_num_threads()} threads, {args.rounds} rounds x {args.iters} steps (median), "
-          f"timed by {'CPU time' if single else 'wall clock'}")
+    print(f"batch {args.batch}, {args.precision}, {torch.get_num_threads()} threads, {args.rounds} rounds x "
+          f"{args.iters} steps (median), timed by {'CPU time' if single else 'wall clock'}")
     print(f"{'model':<40} {'params':>10} {'images/s':>10}")
     rate = {}
     for name, (model, _) in models.items():
         rate[name] = args.batch / statistics.median(times[name])
         print(f"{name:<40} {sum(p.numel() for p in model.parameters()):>10,} {rate[name]:>10.1f}")
-    ours = rate["difflab UNet (channels_last)"]
+    ours = rate[trained]
     best_theirs = max(rate["diffusers UNet2DModel (contiguous)"], rate["diffusers UNet2DModel (channels_last)"])
     print(f"ratio difflab (as trained) / diffusers default: {ours / rate['diffusers UNet2DModel (contiguous)']:.2f}x")
     print(f"ratio difflab (as trained) / diffusers best layout: {ours / best_theirs:.2f}x")

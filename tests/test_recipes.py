@@ -43,6 +43,10 @@ def test_recipe_bench_pins_its_baseline_and_changes_one_thing():
     assert (edm.precond.kind, edm.train.loss, edm.train.warmup) == ("edm", "edm", 50)
     assert bench.speed_key(baseline) == bench.speed_key(edm)  # same network and batch: same speed, same steps
     assert bench.speed_key(baseline) != bench.speed_key(bench.variant_config("batch32", 306))
+    depth1, bf16 = bench.variant_config("depth1", 306), bench.variant_config("bf16", 306)
+    assert bf16.train.precision == "bf16" and replace(bf16, train=replace(bf16.train, precision="fp32")) == depth1
+    assert bench.speed_key(bf16) != bench.speed_key(depth1)  # another precision, another speed
+    assert '"precision"' not in bench.speed_key(depth1)  # the report's float32 speeds keep their keys
 
 
 def test_recipe_bench_scales_a_new_networks_speed_by_the_baseline_probed_beside_it(monkeypatch, tmp_path):

@@ -97,9 +97,10 @@ def hybrid_toy_config(**train) -> ExperimentConfig:
     return ExperimentConfig.from_dict(spec)
 
 
-@pytest.mark.parametrize("kind", ["toy", "image", "hybrid"])
+@pytest.mark.parametrize("kind", ["toy", "image", "image_bf16", "hybrid"])
 def test_resume_is_bitwise_exact(tmp_path, kind):
-    make = {"toy": toy_config, "image": lambda **t: image_config(tmp_path, **t), "hybrid": hybrid_toy_config}[kind]
+    make = {"toy": toy_config, "image": lambda **t: image_config(tmp_path, **t), "hybrid": hybrid_toy_config,
+            "image_bf16": lambda **t: image_config(tmp_path, precision="bf16", **t)}[kind]
     Trainer(make(steps=20), tmp_path / "straight", progress=False).run()
     Trainer(make(steps=10), tmp_path / "resumed", progress=False).run()
     Trainer(make(steps=20), tmp_path / "resumed", resume=True, progress=False).run()
@@ -208,6 +209,18 @@ def test_bf16_autocast_trains(tmp_path):
     bf16 = [json.loads(r)["loss"] for r in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
     assert bf16[-1] < 0.8 * bf16[0] and abs(bf16[-1] - fp32[-1]) < 0.2 * fp32[-1]
     assert load_checkpoint(tmp_path / "bf16" / "checkpoint.safetensors").tensors["model.inp.weight"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision, layout", [("fp32", torch.channels_last), ("bf16", torch.contiguous_format)])
+def test_image_training_layout_follows_the_precision(tmp_path, precision, layout):
+    """channels_last for float32 convolutions on the CPU, contiguous under bf16 autocast (oneDNN's faster layout
+    there); the batches follow the weights."""
+    trainer = Trainer(image_config(tmp_path, steps=1, precision=precision), tmp_path / precision, progress=False)
+    other = torch.contiguous_format if layout == torch.channels_last else torch.channels_last
+    convs = [p for p in trainer.denoiser.net.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1]
+    assert convs and all(p.is_contiguous(memory_format=layout) and not p.is_contiguous(memory_format=other)
+                         for p in convs)
+    assert trainer.loop.layout == layout
 
 
 @pytest.mark.parametrize("train,message", [({"accumulate": 3}, "--batch 256 must be divisible by --accumulate 3"),

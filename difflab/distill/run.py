@@ -73,7 +73,7 @@ def student_net(config: ExperimentConfig, init: Teacher | None) -> torch.nn.Modu
         init_weights(net, config.train.init_from)
     elif init is not None:
         net.load_state_dict(init.denoiser.net.state_dict())
-    return net.to(memory_format=torch.channels_last)
+    return net  # TrainingLoop gives it its memory layout
 
 
 def init_student(path: str | Path, config: ExperimentConfig) -> ExperimentConfig:

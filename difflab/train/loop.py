@@ -26,7 +26,7 @@ from difflab.train.objective import Objective
 from difflab.train.optim import learning_rate, set_learning_rate
 from difflab.train.recipe import LoopConfig
 from difflab.train.signals import interrupt_on_sigterm
-from difflab.train.speed import CompiledNetwork, autocast, grad_scaler
+from difflab.train.speed import CompiledNetwork, autocast, grad_scaler, memory_format
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:
@@ -72,7 +72,9 @@ class TrainingLoop:
         self.shard = init_shard(self.device)
         check_batch_split(cfg.batch, self.shard.world, cfg.accumulate)
         self.progress = progress and self.shard.is_main
-        module = objective.module.to(self.device)  # initialised on the CPU from the seed, so every device starts alike
+        self.layout = memory_format(self.device, cfg.precision)  # of conv weights and image batches
+        # initialised on the CPU from the seed, so every device starts alike
+        module = objective.module.to(self.device, memory_format=self.layout)
         self.ema = EMA(module) if cfg.ema_decay is not None else None
         self.optimizer = torch.optim.AdamW(objective.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU whatever the device
@@ -128,7 +130,7 @@ class TrainingLoop:
         index = batch_indices(len(self.data), cfg.batch, self.step, cfg.seed)
         x0, labels = self.data.batch(index)
         if x0.ndim == 4:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
+            x0 = x0.contiguous(memory_format=self.layout)
         set_learning_rate(self.optimizer, scheduled_lr(self.step, cfg))
         draw = self.objective.draw(index, x0, labels, self.generator)  # the global batch's randomness
         take = self.shard.take  # this process's slice of the global batch and its randomness

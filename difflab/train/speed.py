@@ -1,4 +1,5 @@
-"""Speed options of the training loop: mixed precision (autocast, fp16 loss scaling) and torch.compile."""
+"""Speed options of the training loop: mixed precision (autocast, fp16 loss scaling), the memory layout and
+torch.compile."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Dynamic loss scaling for fp16 (Micikevicius et al. 2018, Sec. 3.2): backward of S * loss, a step with
     inf/nan gradients is skipped and S halves, S doubles after 2000 clean steps. A no-op for fp32 and bf16."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def memory_format(device: torch.device, precision: str) -> torch.memory_format:
+    """The layout of image batches and convolution weights in training: channels_last (about 10 % faster float32
+    convolutions on the CPU), except under bf16/fp16 autocast on the CPU, where oneDNN's low-precision convolutions
+    run faster contiguous (bf16 on AMX, bench/train_throughput.py: 1.36x over channels_last)."""
+    return torch.contiguous_format if device.type == "cpu" and precision != "fp32" else torch.channels_last
 
 
 def _first_line(err: Exception) -> str:
