@@ -34,7 +34,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from difflab.errors import run_script
 from difflab.nets import build_network, network_config
-from difflab.train.speed import CompiledNetwork, autocast
+from difflab.precision import autocast
+from difflab.train.speed import CompiledNetwork
 from train_throughput import DiffusersAdapter, diffusers_unet
 
 CONFIGS = {  # name -> (processes, extra flags)

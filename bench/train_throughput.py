@@ -22,7 +22,8 @@ import torch
 
 from difflab.errors import run_script
 from difflab.nets import build_network, network_config
-from difflab.train.speed import autocast, memory_format
+from difflab.precision import autocast
+from difflab.train.speed import memory_format
 
 RECIPE = Path(__file__).resolve().parent.parent / "difflab" / "configs" / "fashion_mnist.json"
 

@@ -71,6 +71,7 @@ def generate_samples(args: argparse.Namespace, shard: Shard, device: torch.devic
     x = replace(plan, cond=None if labels is None else Condition(labels)).sample(progress=shard.is_main)
     levels = {} if plan.levels is None else {"sigmas": ",".join(f"{level:g}" for level in plan.levels)}
     info = {"sampler": args.sampler, "steps": args.steps, **levels, **guidance_settings(args),
+            **({} if args.precision == "fp32" else {"sampling_precision": args.precision}),
             "generate_seconds": round(time.perf_counter() - start, 1)}
     if args.save and shard.is_main:
         save_samples(x, args.save, labels)

@@ -29,6 +29,7 @@ from difflab.errors import DifflabError
 from difflab.images import atomic_write
 from difflab.pipelines.generate import NO_GUIDANCE
 from difflab.pipelines.request import Plan
+from difflab.precision import autocast
 from difflab.samplers.common import Callback, StepInfo, sigma_batch
 
 NOISE_KEY = "noise"
@@ -87,7 +88,8 @@ def invert(plan: Plan, x0: torch.Tensor, fixed_point: int = 0, callback=None) ->
         negative = guidance.negative_rows(first, last)
         guided = guidance.wrap(plan.denoiser, cond, None if negative is None else negative.to(device))
         step = None if callback is None else (lambda info, b=b: callback(b, info))
-        out.append(ddim_invert(guided, x0[first:last].to(device, torch.float64), sigmas, fixed_point, step).cpu())
+        with autocast(device, request.precision):
+            out.append(ddim_invert(guided, x0[first:last].to(device, torch.float64), sigmas, fixed_point, step).cpu())
     return torch.cat(out)
 
 

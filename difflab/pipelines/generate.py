@@ -16,6 +16,7 @@ from difflab.grids import GridKind, make_grid
 from difflab.guidance import Guidance
 from difflab.pipelines.samplers import default_grid
 from difflab.pipelines.start import check_start, cut_grid, noised_start, start_rows
+from difflab.precision import autocast, check_sampling_precision
 from difflab.samplers import get_sampler
 from difflab.samplers.common import StepInfo, randn_like
 
@@ -33,7 +34,7 @@ def generate_batches(
     batch: int = 64, cond: Condition | None = None, options: dict[str, Any] | None = None, progress: bool = False,
     callback: Callable[[int, StepInfo], None] | None = None, guidance: Guidance | None = None,
     start: torch.Tensor | None = None, sigma_start: float | None = None, start_noised: bool = False,
-    decode: Decode | None = None, inpaint: Inpainting | None = None,
+    decode: Decode | None = None, inpaint: Inpainting | None = None, precision: str = "fp32",
 ) -> Iterator[torch.Tensor]:
     """generate() batch by batch, each batch as soon as it is done."""
     if n <= 0:
@@ -41,6 +42,7 @@ def generate_batches(
     if batch <= 0:
         raise DifflabError(f"--batch must be > 0, got {batch}")
     info = get_sampler(sampler)
+    check_sampling_precision(precision)
     guidance = guidance or NO_GUIDANCE
     guidance.check(sampler, denoiser, cond)
     if inpaint is not None:
@@ -74,8 +76,9 @@ def generate_batches(
                 if callback is not None:
                     callback(b, step)
 
-            x = sample(guided, x, sigmas.to(device), generator=generators, callback=step_callback,
-                       **(options or {}))
+            with autocast(device, precision):  # the network's products only; the float64 state stays exact
+                x = sample(guided, x, sigmas.to(device), generator=generators, callback=step_callback,
+                           **(options or {}))
             yield (x if decode is None else decode(x)).float().cpu()
 
 
@@ -93,6 +96,9 @@ def generate(denoiser: Denoiser, shape: tuple[int, ...], n: int, **arguments: An
 
     `inpaint` (difflab.edit.inpaint.Inpainting) regenerates only inside a mask: it wraps each batch's denoiser (and,
     for RePaint, the sampler) given the batch's start noise.
+
+    `precision` "bf16" runs the network under bf16 autocast (difflab.precision): on a CPU with AMX about 2.3x the
+    evaluations per second at the same FD (README, "bf16 sampling"); the sampler's update stays in float64.
 
     `callback(batch_index, step_info)` sees every step. Samples are returned in float32 on the CPU.
     """

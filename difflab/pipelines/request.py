@@ -59,6 +59,7 @@ class Request:
     start_noised: bool = False  # the start is already at sigma_start (an inverted image)
     inpaint: Inpainting | None = None  # regenerate only inside a mask (difflab.edit.inpaint)
     controls: tuple[ControlUnit, ...] = ()  # ControlNets and their images (difflab.pipelines.control)
+    precision: str = "fp32"  # "bf16": the network under bf16 autocast (difflab.precision)
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,7 +93,8 @@ class Plan:
                     sections=request.sections, levels=self.levels, seed=request.seed, batch=request.batch,
                     cond=self.cond,
                     options=self.options, guidance=self.guidance, start=request.start, sigma_start=request.sigma_start,
-                    decode=self.decode, start_noised=request.start_noised, inpaint=request.inpaint)
+                    decode=self.decode, start_noised=request.start_noised, inpaint=request.inpaint,
+                    precision=request.precision)
 
     def batches(self, callback: Callable[[int, StepInfo], None] | None = None) -> Iterator[torch.Tensor]:
         """All n samples in this process, batch by batch as each is done (a server keeps those done when

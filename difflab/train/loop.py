@@ -19,6 +19,7 @@ from tqdm import tqdm
 from difflab.data import Dataset
 from difflab.distributed import init_shard, resolve_device
 from difflab.errors import DifflabError
+from difflab.precision import autocast
 from difflab.train.checkpoint import Checkpoint, load_scaler_state, optimizer_state, save_checkpoint
 from difflab.train.ema import EMA, ema_decay
 from difflab.train.log import append_log, plot_loss, truncate_log
@@ -26,7 +27,7 @@ from difflab.train.objective import Objective
 from difflab.train.optim import learning_rate, set_learning_rate
 from difflab.train.recipe import LoopConfig
 from difflab.train.signals import interrupt_on_sigterm
-from difflab.train.speed import CompiledNetwork, autocast, grad_scaler, memory_format
+from difflab.train.speed import CompiledNetwork, grad_scaler, memory_format
 
 
 def batch_indices(n: int, batch: int, step: int, seed: int) -> torch.Tensor:

@@ -1,22 +1,12 @@
-"""Speed options of the training loop: mixed precision (autocast, fp16 loss scaling), the memory layout and
-torch.compile."""
+"""Speed options of the training loop: fp16 loss scaling, the memory layout and torch.compile (autocast itself is
+difflab.precision's)."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import torch
 from torch import nn
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Forward and loss in bf16/fp16 where autocast deems it safe; weights, gradients and AdamW stay float32."""
-    dtype = AUTOCAST_DTYPES.get(precision)
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype)
-
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """Dynamic loss scaling for fp16 (Micikevicius et al. 2018, Sec. 3.2): backward of S * loss, a step with
