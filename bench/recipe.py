@@ -58,7 +58,7 @@ CONFIGS = ROOT / "difflab" / "configs"
 REPORT = ROOT / "docs" / "recipe.json"
 # today's recipe (configs/fashion_mnist.json before this ablation), pinned so the baseline stays fixed
 BASE = {"config": "fashion_mnist.json", "train.warmup": 500, "train.lr": 5e-4, "train.lr_decay": "constant",
-        "train.ema_decay": 0.999, "train.batch": 64, "network.num_res_blocks": 2}
+        "train.ema_decay": 0.999, "train.batch": 64, "network.num_res_blocks": 2, "train.precision": "fp32"}
 # name: (what changed, overrides of BASE as "section.field" or a top-level "key": value, or "config": another file)
 VARIANTS = {
     "baseline": ("today's recipe: warm-up 500, lr 5e-4 constant, EMA 0.999, batch 64", {}),

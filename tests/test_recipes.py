@@ -40,6 +40,7 @@ def test_recipe_bench_pins_its_baseline_and_changes_one_thing():
     bench = _bench_recipe()
     baseline, edm = bench.variant_config("baseline", 306), bench.variant_config("edm", 306)
     assert (baseline.train.lr, baseline.train.warmup, baseline.train.steps) == (5e-4, 500, 306)  # today's, pinned
+    assert baseline.train.precision == "fp32"  # not the default recipe's "auto": the machine does not pick it
     assert (edm.precond.kind, edm.train.loss, edm.train.warmup) == ("edm", "edm", 50)
     assert bench.speed_key(baseline) == bench.speed_key(edm)  # same network and batch: same speed, same steps
     assert bench.speed_key(baseline) != bench.speed_key(bench.variant_config("batch32", 306))

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,12 +17,15 @@ from difflab.errors import DifflabError
 from difflab.eval.toy_metrics import sliced_wasserstein
 from difflab.grids import make_grid
 from difflab.pipelines.generate import generate
+from difflab.precision import resolve_precision
 from difflab.samplers.ancestral import sample_ddpm
 from difflab.train.checkpoint import load_checkpoint, load_denoiser
-from difflab.train.config import ExperimentConfig
+from difflab.train.config import ExperimentConfig, load_config
 from difflab.train.loop import batch_indices
 from difflab.train.optim import param_groups, set_learning_rate
 from difflab.train.trainer import Trainer
+
+RECIPES = Path(__file__).resolve().parents[1] / "difflab" / "configs"
 
 
 def toy_config(**train) -> ExperimentConfig:
@@ -149,7 +153,7 @@ def test_kill_during_save_leaves_previous_checkpoint_loadable(tmp_path):
     script = textwrap.dedent(f"""
         import json, os, signal
         import difflab.images as images
-        from difflab.train.config import ExperimentConfig
+        from difflab.train.config import ExperimentConfig, load_config
         from difflab.train.trainer import Trainer
         real_replace = os.replace
         def die_before_rename(src, dst):
@@ -211,6 +215,19 @@ def test_bf16_autocast_trains(tmp_path):
     assert load_checkpoint(tmp_path / "bf16" / "checkpoint.safetensors").tensors["model.inp.weight"].dtype == torch.float32
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_precision_is_bf16_on_a_cpu_with_amx_and_the_checkpoint_says_which(tmp_path, monkeypatch, amx):
+    capabilities = torch.cpu.get_capabilities()
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {**capabilities, "amx_bf16": amx})
+    expected = "bf16" if amx else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert [resolve_precision(p, torch.device("cpu")) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    Trainer(image_config(tmp_path, steps=2, precision="auto"), tmp_path / "run", progress=False).run()
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.safetensors").config.train.precision == expected
+    assert load_config(RECIPES / "fashion_mnist.json").train.precision == "auto"  # the default recipe's
+
+
 @pytest.mark.parametrize("precision, layout", [("fp32", torch.channels_last), ("bf16", torch.contiguous_format)])
 def test_image_training_layout_follows_the_precision(tmp_path, precision, layout):
     """channels_last for float32 convolutions on the CPU, contiguous under bf16 autocast (oneDNN's faster layout
@@ -224,7 +241,7 @@ def test_image_training_layout_follows_the_precision(tmp_path, precision, layout
 
 
 @pytest.mark.parametrize("train,message", [({"accumulate": 3}, "--batch 256 must be divisible by --accumulate 3"),
-                                           ({"precision": "fp8"}, "--precision must be fp32, bf16 or fp16")])
+                                           ({"precision": "fp8"}, "--precision must be fp32, bf16, fp16 or auto")])
 def test_speed_option_errors(train, message):
     with pytest.raises(DifflabError, match=message):
         toy_config(**train)

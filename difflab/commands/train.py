@@ -11,6 +11,7 @@ from difflab import distributed
 from difflab.distributed import DEVICES
 from difflab.nets import NetworkConfig
 from difflab.objectives import LOSSES
+from difflab.precision import TRAINING_PRECISIONS
 from difflab.train.checkpoint import load_checkpoint
 from difflab.train.conditions import COND_KINDS
 from difflab.train.config import ExperimentConfig, load_config
@@ -33,8 +34,9 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=positive_float("--lr"))
     p.add_argument("--seed", type=int)
     p.add_argument("--accumulate", type=positive_int("--accumulate"), help="micro-batches per optimizer step")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"],
-                   help="bf16/fp16 run forward and loss under autocast; fp16 adds dynamic loss scaling")
+    p.add_argument("--precision", choices=TRAINING_PRECISIONS,
+                   help="bf16/fp16 run forward and loss under autocast; fp16 adds dynamic loss scaling; auto (the "
+                        "default recipe's): bf16 on a CPU with AMX bf16 units, fp32 elsewhere")
     p.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the network (falls back to eager, with a warning, where compiling fails)")
     p.add_argument("--device", choices=DEVICES, help="where to train (default auto: cuda where available)")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from difflab.data import Dataset
 from difflab.distributed import init_shard, resolve_device
 from difflab.errors import DifflabError
-from difflab.precision import autocast
+from difflab.precision import autocast, resolve_precision
 from difflab.train.checkpoint import Checkpoint, load_scaler_state, optimizer_state, save_checkpoint
 from difflab.train.ema import EMA, ema_decay
 from difflab.train.log import append_log, plot_loss, truncate_log
@@ -73,13 +73,14 @@ class TrainingLoop:
         self.shard = init_shard(self.device)
         check_batch_split(cfg.batch, self.shard.world, cfg.accumulate)
         self.progress = progress and self.shard.is_main
-        self.layout = memory_format(self.device, cfg.precision)  # of conv weights and image batches
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.layout = memory_format(self.device, self.precision)  # of conv weights and image batches
         # initialised on the CPU from the seed, so every device starts alike
         module = objective.module.to(self.device, memory_format=self.layout)
         self.ema = EMA(module) if cfg.ema_decay is not None else None
         self.optimizer = torch.optim.AdamW(objective.param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed)  # on the CPU whatever the device
-        self.scaler = grad_scaler(self.device, cfg.precision)
+        self.scaler = grad_scaler(self.device, self.precision)
         self.step = 0
         self.rng = self._rng_now()  # the RNG streams after the last completed step, which a checkpoint saves
         self.hooks: list[Callable[[int], None]] = []  # called with the step after each step, on the main process
@@ -144,7 +145,7 @@ class TrainingLoop:
             part = slice(k * micro, (k + 1) * micro)
             last = k == cfg.accumulate - 1
             sync = contextlib.nullcontext() if last or self.shard.world == 1 else self.train_module.no_sync()
-            with sync, autocast(self.device, cfg.precision):
+            with sync, autocast(self.device, self.precision):
                 per_sample, record = self.objective.loss(x0[part], slice_rows(local, part))
                 micro_loss = per_sample.float().mean() / cfg.accumulate  # the mean over the batch, in parts
             if record is not None:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from difflab.distributed import DEVICES
 from difflab.errors import DifflabError
+from difflab.precision import TRAINING_PRECISIONS
 
 LR_DECAYS = ("constant", "cosine")
 
@@ -28,7 +29,8 @@ class LoopConfig:
     log_every: int = 50
     checkpoint_every: int = 1000
     accumulate: int = 1  # micro-batches per optimizer step (each process's share of --batch is split this many ways)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: forward and loss under torch.autocast
+    # bf16/fp16: forward and loss under torch.autocast; auto: bf16 where the CPU has AMX (difflab.precision)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     compile: bool = False  # torch.compile the network (eager, with a warning, where that fails); per run
     device: Literal["cpu", "cuda", "auto"] = "auto"  # auto: cuda where available; per run (--resume may change it)
 
@@ -54,8 +56,8 @@ class LoopConfig:
             raise DifflabError(f"grad_clip must be > 0 (or null: no clipping), got {self.grad_clip}")
         if self.ema_decay is not None and not 0 <= self.ema_decay < 1:
             raise DifflabError(f"ema_decay must lie in [0, 1) (or null: no EMA), got {self.ema_decay}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise DifflabError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise DifflabError(f"--precision must be fp32, bf16, fp16 or auto, got {self.precision!r}")
         if self.device not in DEVICES:
             raise DifflabError(f"--device must be cpu, cuda or auto, got {self.device!r}")
         if self.batch % self.accumulate:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from difflab.data import Dataset, load_dataset
+from difflab.distributed import resolve_device
 from difflab.errors import DifflabError
 from difflab.images import save_samples
 from difflab.latent import training_latents
@@ -16,6 +17,7 @@ from difflab.nets import build_network
 from difflab.nets.mlp import MLPConfig
 from difflab.nets.unet import UNetConfig
 from difflab.pipelines.generate import generate
+from difflab.precision import resolve_precision
 from difflab.text.encoder import TEXT_DIM
 from difflab.train.checkpoint import build_denoiser, init_weights, load_checkpoint
 from difflab.train.conditions import TrainingConditions
@@ -62,7 +64,10 @@ def prepare_config(config: ExperimentConfig, data: Dataset) -> ExperimentConfig:
         if not isinstance(network, UNetConfig):
             raise DifflabError("train.low_res (super-resolution) needs a unet network, which concatenates the image")
         network = replace(network, concat_conditions={"low_res": data.shape[0]}, noise_level_embedding=True)
-    return replace(config, network=network, data_shape=data.shape, class_names=class_names)
+    # "auto" precision becomes what this machine trains in, so the checkpoint says which it was
+    device = resolve_device(config.train.device)
+    train = replace(config.train, precision=resolve_precision(config.train.precision, device))
+    return replace(config, network=network, data_shape=data.shape, class_names=class_names, train=train)
 
 
 class Trainer:
