@@ -1,15 +1,21 @@
 """bf16 sampling (--precision bf16): the network runs under bf16 autocast, the sampler's float64 state does not, the
 samples stay close to float32's, and every path that evaluates the network for a request (generation, its stages,
-DDIM inversion) honours it."""
+DDIM inversion, the server's txt2img, img2img and hires pass) honours it."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from test_serve_api import write_checkpoint
 
 from difflab.cli import main
 from difflab.commands import BUNDLED_MODEL
@@ -18,6 +24,8 @@ from difflab.errors import DifflabError
 from difflab.model import load_model
 from difflab.pipelines.generate import generate
 from difflab.pipelines.request import Request, plan_request
+from difflab.serve.app import create_app
+from difflab.serve.model import load_served_model
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +76,23 @@ def test_eval_reports_the_precision_it_sampled_in(tmp_path, capsys):
                  "--threads", "1"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["sampling_precision"] == "bf16" and result["n"] == 20  # "precision" is the metric
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_server_runs_every_request_in_its_precision(tmp_path, precision, dtype):
+    served = load_served_model(write_checkpoint(tmp_path / "m.safetensors", randomize=True))
+    init = base64.b64encode(png_bytes(np.tile(np.arange(0, 256, 16, dtype=np.uint8)[None], (16, 1)))).decode()
+    with TestClient(create_app(served, precision=precision)) as client, network_dtypes(served.denoiser) as seen:
+        assert client.post("/sdapi/v1/txt2img", json={"steps": 3, "batch_size": 1}).status_code == 200
+        assert client.post("/sdapi/v1/img2img", json={"init_images": [init], "steps": 4}).status_code == 200
+        hires = {"steps": 2, "enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent", "hr_second_pass_steps": 2}
+        assert client.post("/sdapi/v1/txt2img", json=hires).status_code == 200
+    assert len(seen) >= 3 + 1 + 2 + 1 and set(seen) == {dtype}  # every pass, the hires one too
+    with pytest.raises(SystemExit):
+        main(["serve", str(BUNDLED_MODEL), "--precision", "fp16"])
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()

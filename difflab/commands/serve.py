@@ -12,6 +12,7 @@ from pathlib import Path
 from difflab.commands import (BUNDLED_CONDITIONAL_MODEL, BUNDLED_LATENT_MODEL, BUNDLED_MODEL, model_file, positive_int,
                               set_threads)
 from difflab.errors import DifflabError
+from difflab.precision import SAMPLING_PRECISIONS
 
 
 def register(subparsers) -> None:
@@ -43,6 +44,9 @@ def register(subparsers) -> None:
                    help="refuse unknown sampler, scheduler and upscaler names with 422 instead of falling back to "
                         "the default with a warning (the web UI falls back)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
+                   help="bf16: every request's network under bf16 autocast (about 2.3x the speed on a CPU with AMX "
+                        "at the same FD); default fp32")
     p.set_defaults(handler=run)
 
 
@@ -99,6 +103,6 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(model, auth=auth, queue_size=args.queue_size, catalog=catalog, strict_names=args.strict_names,
                      flags=flags, adapters=adapters,
                      controlnets=ControlNetCatalog.with_bundled(folders.get("controlnet_dir")),
-                     upscalers=UpscalerCatalog(folders.get("upscaler_dir")))
+                     upscalers=UpscalerCatalog(folders.get("upscaler_dir")), precision=args.precision)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -84,10 +84,11 @@ ERRORS = {422: {"description": "a field out of range, or something the model can
 def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue_size: int = 4,
                catalog: Catalog | None = None, strict_names: bool = False, flags: dict[str, Any] | None = None,
                adapters: Adapters | None = None, controlnets: ControlNetCatalog | None = None,
-               upscalers: UpscalerCatalog | None = None) -> FastAPI:
+               upscalers: UpscalerCatalog | None = None, precision: str = "fp32") -> FastAPI:
     """An app serving `model` (current among those of `catalog`): one generation at a time, `queue_size` more may wait,
     the rest get 503. `strict_names` refuses unknown sampler, scheduler and upscaler names instead of falling back;
-    `upscalers` are the super-resolution models hr_upscaler may name."""
+    `upscalers` are the super-resolution models hr_upscaler may name; `precision` "bf16" runs every request's network
+    under bf16 autocast (difflab.precision)."""
     worker = Worker(queue_size)
     catalog = catalog or Catalog(model)
     settings = {"live_previews_enable": True, **SAMPLER_SETTINGS}
@@ -163,7 +164,7 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         served = await served_by(body)
         prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
         plan = plan_txt2img(body.model_copy(update={"prompt": prompt}), served, strict_names, controlnets, upscalers,
-                            sampler_settings())
+                            sampler_settings(), precision)
         refiner = None if body.refiner_checkpoint is None else await load(body.refiner_checkpoint, "refiner_checkpoint")
         hires_model = None
         if body.enable_hr and body.hr_checkpoint_name not in (None, "", SAME_CHECKPOINT):
@@ -180,7 +181,8 @@ def create_app(model: ServedModel, *, auth: tuple[str, str] | None = None, queue
         served = await served_by(body)
         prompt, loras, lora_warnings = adapters.take(body.prompt, served)  # <lora:NAME:M> tags out of the prompt
         edit = await asyncio.to_thread(plan_img2img, body.model_copy(update={"prompt": prompt}), served, strict_names,
-                                       controlnets=controlnets, upscalers=upscalers, settings=sampler_settings())
+                                       controlnets=controlnets, upscalers=upscalers, settings=sampler_settings(),
+                                       precision=precision)
         return await generated(body, served, edit, loras, lora_warnings, run_img2img)
 
     @app.get("/sdapi/v1/samplers", response_model=list[SamplerItem])

@@ -111,10 +111,11 @@ def default_cfg_scale(model: ServedModel) -> float:
 
 def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = False,
                  controlnets: ControlNetCatalog | None = None, upscalers: UpscalerCatalog | None = None,
-                 settings: Mapping[str, Any] | None = None) -> Txt2Img:
+                 settings: Mapping[str, Any] | None = None, precision: str = "fp32") -> Txt2Img:
     """Everything the model cannot honour is a RequestError naming the field; what it ignores becomes a warning.
     Another width x height is made by hr_upscaler: a resize method, or one of the super-resolution `upscalers`.
-    `settings`: the server's sampler settings (difflab.serve.settings), under the body's override_settings."""
+    `settings`: the server's sampler settings (difflab.serve.settings), under the body's override_settings;
+    `precision`: the server's network precision (`difflab serve --precision`)."""
     dialect = web_ui_dialect(model)
     settings = request_settings(body.override_settings, settings or {})
     width, height = body.width or model.width, body.height or model.height
@@ -148,7 +149,8 @@ def plan_txt2img(body: Txt2ImgRequest, model: ServedModel, strict_names: bool = 
     request = Request(label=label, prompt=prompt, guidance=guidance, sampler=names.sampler.name,
                       grid=names.grid or run.grid,
                       options=options, steps=body.steps, n=body.batch_size * body.n_iter,
-                      seed=body.seed if body.seed != -1 else secrets.randbelow(MAX_SEED + 1), batch=body.batch_size)
+                      seed=body.seed if body.seed != -1 else secrets.randbelow(MAX_SEED + 1), batch=body.batch_size,
+                      precision=precision)
     controls, control_warnings = controls_of(body, shape, model, controlnets)  # alwayson_scripts.controlnet
     request = replace(request, controls=controls)
     plan = replace(plan_request(request, model.denoiser, model.config, dialect, decode=model.decode), shape=shape)
