@@ -31,7 +31,8 @@ from difflab.samplers import SAMPLERS
 from difflab.train.checkpoint import load_denoiser, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TABLE = ROOT / "docs" / "sampler_defaults.json"  # bench/sampler_defaults.py's cells
+TABLE = ROOT / "docs" / "sampler_defaults.json"  # bench/sampler_defaults.py's cells, of the bundled model
+PREVIOUS = ROOT / "docs" / "sampler_defaults_previous_model.json"  # of the previous one (tests/golden/)
 # a sampler whose measured default is not the fallback, so that using the default shows in the samples
 MOVED = next(name for name, grid in SAMPLER_GRIDS.items() if grid != DEFAULT_GRID)
 
@@ -71,15 +72,17 @@ def test_each_default_is_what_the_table_at_n_2000_and_10_steps_chose(bench):
 
 
 def test_the_benches_extend_a_report_only_with_the_model_that_measured_it(tiny, tmp_path):
-    """The shipped table is of the previous bundled model (tests/golden/): a run of another model, even one at the
-    same path, refuses to add its cells, in one line; so does bench/fewstep.py with another teacher."""
-    report = json.loads(TABLE.read_text())
-    assert report["model_sha256"] == sha256_file(ROOT / report["model"])
-    assert refusal(TABLE, report, model_record(ROOT / report["model"]), "--out") is None
-    problem = refusal(TABLE, report, model_record(tiny[0]), "--out")
-    assert "holds results of another model" in problem and problem.endswith("give another --out")
+    """The shipped tables are of the bundled model and of the previous one (tests/golden/): a run of another model,
+    even one at the same path, refuses to add its cells, in one line; so does bench/fewstep.py with another
+    teacher."""
+    for path in (TABLE, PREVIOUS):
+        report = json.loads(path.read_text())
+        assert report["model_sha256"] == sha256_file(ROOT / report["model"])
+        assert refusal(path, report, model_record(ROOT / report["model"]), "--out") is None
+        problem = refusal(path, report, model_record(tiny[0]), "--out")
+        assert "holds results of another model" in problem and problem.endswith("give another --out")
     fewstep = json.loads((ROOT / "docs" / "fewstep.json").read_text())["quality"]
-    assert fewstep["model_sha256"] == report["model_sha256"]  # its students were distilled from the same model
+    assert fewstep["model_sha256"] == report["model_sha256"]  # its students were distilled from the previous model
     for bench, flag in (("sampler_defaults.py", "--out"), ("fewstep.py", "--json")):
         copy = tmp_path / bench.replace(".py", ".json")
         copy.write_text(json.dumps({"cells": [], "quality": fewstep, **report}))

@@ -31,7 +31,7 @@ SAMPLER_GRIDS: dict[str, GridKind] = {
     "ddim": "trailing", "euler": "trailing", "dpm_solver_1": "trailing", "paradigms_ddim": "trailing",
     "ddpm": "trailing", "euler_ancestral": "trailing", "paradigms_ddpm": "trailing",
     "dpmpp_2m": "karras", "paradigms_dpmpp_2m": "karras", "dpmpp_2m_sde": "karras", "dpmpp_3m": "trailing",
-    "heun": "trailing", "dpm_solver_2": "log_snr", "dpm_solver_3": "karras", "dpmpp_2s": "linspace", "unipc": "karras",
+    "heun": "log_snr", "dpm_solver_2": "log_snr", "dpm_solver_3": "karras", "dpmpp_2s": "karras", "unipc": "karras",
     "dpm_2": "log_snr", "dpm_2_ancestral": "log_snr", "dpmpp_2s_ancestral": "trailing", "dpmpp_3m_sde": "trailing",
 }
 
