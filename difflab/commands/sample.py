@@ -73,7 +73,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to sample (default auto: cuda where available); seeds reproduce per device type")
     p.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
-                   help="bf16: the network under bf16 autocast, the sampler's update in float64; about 2.3x the "
+                   help="bf16: the network under bf16 autocast, the sampler's update in float64; about 2x the "
                         "speed on a CPU with AMX at the same FD (README, 'bf16 sampling'); default fp32")
 
 

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
                         "the default with a warning (the web UI falls back)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--precision", choices=SAMPLING_PRECISIONS, default="fp32",
-                   help="bf16: every request's network under bf16 autocast (about 2.3x the speed on a CPU with AMX "
+                   help="bf16: every request's network under bf16 autocast (about 2x the speed on a CPU with AMX "
                         "at the same FD); default fp32")
     p.set_defaults(handler=run)
 

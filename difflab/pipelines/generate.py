@@ -97,7 +97,7 @@ def generate(denoiser: Denoiser, shape: tuple[int, ...], n: int, **arguments: An
     `inpaint` (difflab.edit.inpaint.Inpainting) regenerates only inside a mask: it wraps each batch's denoiser (and,
     for RePaint, the sampler) given the batch's start noise.
 
-    `precision` "bf16" runs the network under bf16 autocast (difflab.precision): on a CPU with AMX about 2.3x the
+    `precision` "bf16" runs the network under bf16 autocast (difflab.precision): on a CPU with AMX about 2x the
     evaluations per second at the same FD (README, "bf16 sampling"); the sampler's update stays in float64.
 
     `callback(batch_index, step_info)` sees every step. Samples are returned in float32 on the CPU.
