@@ -13,10 +13,13 @@ from difflab.train.checkpoint import sha256_file
 
 
 def model_record(path: str | Path) -> dict[str, str]:
-    """What a report keeps of the model it measured: its path and the sha256 of its file."""
-    if not Path(path).is_file():
+    """What a report keeps of the model it measured: its path (relative to the working directory where it lies
+    below it, so a report stays valid in another checkout) and the sha256 of its file."""
+    path, here = Path(path), Path.cwd().resolve()
+    if not path.is_file():
         raise DifflabError(f"model {path} not found")
-    return {"model": str(path), "model_sha256": sha256_file(path)}
+    shown = path.resolve().relative_to(here) if path.resolve().is_relative_to(here) else path
+    return {"model": str(shown), "model_sha256": sha256_file(path)}
 
 
 def refusal(report_path: str | Path, recorded: dict, model: dict[str, str], flag: str) -> str | None:
