@@ -43,7 +43,8 @@ def train(loss: str, args: argparse.Namespace) -> Path:
     """Train (or resume to --steps) the recipe with this loss; hybrid turns on the learned variance."""
     recipe = load_config(args.config)
     config = replace(recipe, network=replace(recipe.network, learned_variance=loss != "simple"),
-                     train=replace(recipe.train, loss=loss, steps=args.steps, minutes=None, device=args.device))
+                     train=replace(recipe.train, loss=loss, steps=args.steps, minutes=None, device=args.device,
+                                   precision="fp32"))  # as measured; not the recipe's "auto"
     out = args.out / loss
     resume = (out / CHECKPOINT).is_file()
     if resume and load_checkpoint(out / CHECKPOINT).step >= args.steps:
