@@ -30,7 +30,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype)
 
 
-def check_sampling_precision(precision: str) -> str:
+def check_sampling_precision(precision: str) -> None:
+    """A one-line error for a precision sampling has no kernels or tests for."""
     if precision not in SAMPLING_PRECISIONS:
         raise DifflabError(f"--precision for sampling must be {' or '.join(SAMPLING_PRECISIONS)}, got {precision!r}")
-    return precision
