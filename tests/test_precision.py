@@ -8,7 +8,10 @@ import base64
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +29,9 @@ from difflab.pipelines.generate import generate
 from difflab.pipelines.request import Request, plan_request
 from difflab.serve.app import create_app
 from difflab.serve.model import load_served_model
+from difflab.train.checkpoint import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +102,15 @@ def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_the_speed_bench_times_both_precisions_and_counts_every_evaluation(tmp_path):
+    out = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "sampling_precision.py"), "--n", "3", "--steps", "2",
+                             "--batches", "2", "--rounds", "1", "--json", str(out)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["model_sha256"] == sha256_file(BUNDLED_MODEL)
+    (row,) = report["rows"]
+    assert row["batch"] == 2 and row["fp32_evals_per_s"] > 0 and row["bf16_evals_per_s"] > 0
+    assert report["clock"] == "CPU time" and report["threads"] == 1
